@@ -1,0 +1,32 @@
+# Set-up is idempotent: the venv is (re)built only when a pyproject.toml changes.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.metareg-installed
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+# torch and torchvision are pinned to the pair this project is tested with (they must match).
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup run test lint bench clean
+
+$(STAMP): pyproject.toml $(PLUGINS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: train prototypical networks on the embedded glyphs dataset and report test accuracy.
+run: setup
+	$(VENV)/bin/metareg run --strategy prototypicalnetworks
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check metareg plugins tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info

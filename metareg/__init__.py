@@ -1,0 +1,75 @@
+"""metareg: a plugin-registry framework for few-shot meta-learning on images.
+
+``import metareg`` stays light (no torch): the records and ``hookimpl`` that plugins
+need to register are imported eagerly, everything that needs torch is imported on
+first attribute access.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from metareg.errors import (
+    CheckpointError,
+    ComponentConflict,
+    ComponentNotFound,
+    ConfigError,
+    DataError,
+    MetaregError,
+    OptionError,
+    PluginError,
+)
+from metareg.hookspecs import hookimpl
+from metareg.records import BackboneSpec, DatasetSpec, StrategySpec, TransformSpec
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported when first used.
+_LAZY = {
+    "Strategy": "metareg.strategy",
+    "StepOutput": "metareg.strategy",
+    "TaskInfo": "metareg.strategy",
+    "class_means": "metareg.strategy",
+    "Transform": "metareg.transform",
+    "EpisodeBatch": "metareg.episodes",
+    "EpisodeSampler": "metareg.episodes",
+    "FewShotDataset": "metareg.splits",
+    "ClassSplit": "metareg.splits",
+    "ImageStore": "metareg.splits",
+    "TensorImages": "metareg.splits",
+    "LazyImages": "metareg.splits",
+    "split_classes": "metareg.splits",
+    "RunConfig": "metareg.config",
+    "Registry": "metareg.registry",
+    "train": "metareg.run",
+    "evaluate": "metareg.run",
+    "RunResult": "metareg.run",
+    "FewShotClassifier": "metareg.predict",
+}
+
+__all__ = [
+    "__version__",
+    "hookimpl",
+    "BackboneSpec",
+    "DatasetSpec",
+    "StrategySpec",
+    "TransformSpec",
+    "MetaregError",
+    "PluginError",
+    "ComponentNotFound",
+    "ComponentConflict",
+    "OptionError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'metareg' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

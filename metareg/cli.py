@@ -1,0 +1,197 @@
+"""The ``metareg`` command line.
+
+Every command is re-entrant: Lightning's ``ddp`` launcher re-executes the same
+command line in each process, so nothing here may depend on running only once
+(the run directory, for one, is agreed through the environment; see run.py).
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+
+import click
+
+import metareg
+from metareg.errors import MetaregError
+from metareg.records import KINDS, SINGULAR
+
+
+class _Group(click.Group):
+    """Turns :class:`MetaregError` into a one-paragraph message and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except MetaregError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(metareg.__version__, "--version", prog_name="metareg")
+@click.option("--strict", is_flag=True, help="Fail on any plugin error (or set METAREG_STRICT=1).")
+@click.option("--load-plugins", metavar="NAMES", help="Load only these plugins, comma-separated (METAREG_PLUGINS).")
+@click.option("--disable-plugins", metavar="NAMES", help="Skip these plugins, comma-separated (METAREG_DISABLE_PLUGINS).")
+def cli(strict: bool, load_plugins: str | None, disable_plugins: str | None) -> None:
+    """metareg: few-shot meta-learning with pluggable backbones, datasets, transforms and strategies."""
+    # Environment, not globals: DDP worker processes inherit the same switches.
+    if strict:
+        os.environ["METAREG_STRICT"] = "1"
+    if load_plugins is not None:
+        os.environ["METAREG_PLUGINS"] = load_plugins
+    if disable_plugins is not None:
+        os.environ["METAREG_DISABLE_PLUGINS"] = disable_plugins
+
+
+def _registry():
+    from metareg.registry import Registry
+
+    return Registry.current()
+
+
+def _component_dict(p) -> dict:
+    r = p.record
+    return {
+        "name": r.name,
+        "qualified_name": p.qualified_name,
+        "aliases": list(r.aliases),
+        "summary": r.summary,
+        "factory": r.factory_ref,
+        "plugin": p.plugin.name,
+        "distribution": p.plugin.distribution,
+        "version": p.plugin.version,
+    }
+
+
+@cli.command("list")
+@click.argument("kind", required=False)
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema in README.md).")
+@click.option("--plugins", "by_plugin", is_flag=True, help="One row per plugin instead of per component.")
+@click.option("-v", "--verbose", is_flag=True, help="Show full tracebacks of broken plugins.")
+def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bool, verbose: bool) -> None:
+    """List installed components (KIND: backbones, datasets, strategies, transforms).
+
+    PATTERN filters names with shell wildcards (``res*``) or as a substring.
+    """
+    from metareg.registry import normalise_kind
+
+    reg = _registry()
+    if kind is not None and pattern is None and kind.lower() not in {*KINDS, *SINGULAR.values()}:
+        kind, pattern = None, kind  # `metareg list res*` filters every kind
+    kinds = [normalise_kind(kind)] if kind else list(KINDS)
+
+    def keep(name: str) -> bool:
+        return pattern is None or fnmatch.fnmatch(name, pattern) or pattern in name
+
+    plugins = reg.plugins.plugins
+    if by_plugin:
+        rows = [p.as_dict() for p in plugins if keep(p.name)]
+        if as_json:
+            click.echo(json.dumps({"schema": 1, "metareg_version": metareg.__version__, "plugins": rows}, indent=2))
+            return
+        table = [("PLUGIN", "DISTRIBUTION", "VERSION", "ENTRY POINT", "STATUS", "HOOKS")]
+        for p in plugins:
+            if keep(p.name):
+                hooks = ",".join(h.removeprefix("metareg_") for h in p.hooks) or "-"
+                status = p.status if p.status != "broken" else f"broken ({p.stage}: {p.error})"
+                table.append((p.name, p.distribution or "-", p.version or "-", p.entry_point, status, hooks))
+        _print_table(table)
+        return
+
+    components = {k: [c for c in reg.components(k) if keep(c.record.name)] for k in kinds}
+    broken = reg.plugins.broken
+    if as_json:
+        doc = {
+            "schema": 1,
+            "metareg_version": metareg.__version__,
+            "components": {k: [_component_dict(c) for c in cs] for k, cs in components.items()},
+            "broken": [p.as_dict() for p in broken],
+        }
+        click.echo(json.dumps(doc, indent=2))
+        return
+    for k, cs in components.items():
+        click.secho(k, bold=True)
+        if not cs:
+            click.echo("  (none)")
+        conflicts = reg.conflicts(k)
+        rows = []
+        for c in cs:
+            name = c.record.name + (f" ({', '.join(c.record.aliases)})" if c.record.aliases else "")
+            if c.record.name in conflicts:
+                name = f"{c.qualified_name}  [name conflict]"
+            provider = f"{c.plugin.distribution or c.plugin.name} {c.plugin.version or ''}".strip()
+            rows.append(("  " + name, provider, c.record.summary))
+        _print_table(rows)
+    if broken:
+        click.secho("broken plugins", bold=True, fg="red")
+        for p in broken:
+            click.echo(f"  {p.label}: failed at {p.stage}: {p.error}")
+            if verbose and p.traceback:
+                click.echo("    " + p.traceback.replace("\n", "\n    "))
+        click.echo("  (run with --strict or METAREG_STRICT=1 to make this an error; -v for tracebacks)")
+
+
+def _print_table(rows) -> None:
+    if not rows:
+        return
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        cells = [str(c).ljust(w) for c, w in zip(r[:-1], widths)] + [str(r[-1])]
+        click.echo("  ".join(cells).rstrip())
+
+
+@cli.command("info")
+@click.argument("kind")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def info_cmd(kind: str, name: str, as_json: bool) -> None:
+    """Show a component's options: types, defaults and help."""
+    from metareg.options import describe, summary
+
+    entry = _registry().get(kind, name)
+    try:
+        factory = entry.record.load()
+    except Exception as exc:  # noqa: BLE001 - a broken lazy factory is the plugin's fault; say whose
+        raise MetaregError(
+            f"{SINGULAR[entry.kind]} {entry.record.name!r} from {entry.plugin.label} cannot be imported: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    options = describe(factory)
+    if as_json:
+        doc = _component_dict(entry) | {
+            "kind": entry.kind,
+            "doc": summary(factory),
+            "options": [o.as_dict() for o in options],
+        }
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    click.secho(f"{entry.record.name}  ({SINGULAR[entry.kind]})", bold=True)
+    click.echo(f"  provided by {entry.plugin.label}, qualified name {entry.qualified_name}")
+    if entry.record.aliases:
+        click.echo(f"  aliases: {', '.join(entry.record.aliases)}")
+    click.echo(f"  {entry.record.summary}")
+    doc = summary(factory)
+    if doc and doc != entry.record.summary:
+        click.echo(f"  {doc}")
+    click.echo("")
+    if not options:
+        click.echo("  no options")
+        return
+    flag = {"backbones": "--backbone-opt", "datasets": "--dataset-opt", "strategies": "--strategy-opt",
+            "transforms": "--transform-opt"}[entry.kind]
+    click.echo(f"  options (set with {flag} NAME=VALUE, or in the config file):")
+    rows = [("  NAME", "TYPE", "DEFAULT", "HELP")]
+    for o in options:
+        rows.append(("  " + o.name, o.type_name, "(required)" if o.required else repr(o.default), o.help))
+    _print_table(rows)
+
+
+def main(argv=None) -> None:
+    cli.main(args=argv, prog_name="metareg")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Looking up components by name: aliases, qualified names, conflicts, suggestions."""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+from metareg.errors import ComponentConflict, ComponentNotFound
+from metareg.plugins import PluginSet, Provided, get_plugins
+from metareg.records import KINDS, SINGULAR
+
+# Singular forms are accepted wherever a kind is typed.
+_KIND_ALIASES = {k: k for k in KINDS} | {v: k for k, v in SINGULAR.items()}
+
+
+def normalise_kind(kind: str) -> str:
+    try:
+        return _KIND_ALIASES[kind.lower()]
+    except KeyError:
+        raise ComponentNotFound(f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}") from None
+
+
+class Registry:
+    """All components provided by a :class:`PluginSet`, indexed by kind and name."""
+
+    def __init__(self, plugins: PluginSet):
+        self.plugins = plugins
+
+    @classmethod
+    def current(cls) -> "Registry":
+        return cls(get_plugins())
+
+    def components(self, kind: str) -> list[Provided]:
+        kind = normalise_kind(kind)
+        return sorted(
+            (p for p in self.plugins.provided if p.kind == kind),
+            key=lambda p: (p.record.name, p.plugin.name),
+        )
+
+    def names(self, kind: str) -> list[str]:
+        return sorted({p.record.name for p in self.components(kind)})
+
+    def conflicts(self, kind: str) -> dict[str, list[Provided]]:
+        """Names (or aliases) that more than one plugin registers."""
+        by_name: dict[str, list[Provided]] = {}
+        for p in self.components(kind):
+            for n in (p.record.name, *p.record.aliases):
+                by_name.setdefault(n, []).append(p)
+        return {n: ps for n, ps in by_name.items() if len({id(x.plugin) for x in ps}) > 1}
+
+    def get(self, kind: str, name: str) -> Provided:
+        """Resolve ``name`` or ``plugin:name`` (or an alias) to exactly one component."""
+        kind = normalise_kind(kind)
+        singular = SINGULAR[kind]
+        pool = self.components(kind)
+        plugin_name, _, short = name.rpartition(":")
+        if plugin_name:
+            pool = [p for p in pool if p.plugin.name == plugin_name or p.plugin.distribution == plugin_name]
+        matches = [p for p in pool if p.record.name == short]
+        if not matches:
+            matches = [p for p in pool if short in p.record.aliases]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            listing = "\n".join(
+                f"  {p.qualified_name}  from {p.plugin.distribution or '?'} {p.plugin.version or '?'}" for p in matches
+            )
+            raise ComponentConflict(
+                f"{singular} {short!r} is registered by more than one plugin:\n{listing}\n"
+                f"Pick one with a qualified name, e.g. {matches[0].qualified_name!r}, or uninstall one of them."
+            )
+        raise ComponentNotFound(self._not_found(kind, singular, name, plugin_name))
+
+    def _not_found(self, kind: str, singular: str, name: str, plugin_name: str) -> str:
+        available = self.names(kind)
+        known = sorted({n for p in self.components(kind) for n in (p.record.name, *p.record.aliases)})
+        msg = f"unknown {singular} {name!r}."
+        close = difflib.get_close_matches(name.rpartition(":")[2], known, n=1, cutoff=0.6)
+        if close:
+            msg += f" Did you mean {close[0]!r}?"
+        if plugin_name and not any(
+            p.name == plugin_name or p.distribution == plugin_name for p in self.plugins.plugins
+        ):
+            msg += f" No plugin is named {plugin_name!r}."
+        msg += f"\nAvailable {kind}: {', '.join(available) if available else '(none installed)'}."
+        broken = [p for p in self.plugins.broken]
+        if broken:
+            msg += "\nBroken plugins (see `metareg list`): " + ", ".join(p.label for p in broken)
+        return msg
+
+
+def all_kinds() -> Iterable[str]:
+    return KINDS

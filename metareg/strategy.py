@@ -1,0 +1,87 @@
+"""The Strategy contract: meta-learning math, without Lightning.
+
+A strategy is an ``nn.Module``. The core builds the backbone, hands it over once
+with :meth:`Strategy.setup`, and then calls :meth:`Strategy.loss` on training
+batches and :meth:`Strategy.forward` on evaluation episodes. Devices, precision,
+optimisers, distribution and checkpoints are the core's business.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metareg.episodes import EpisodeBatch
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """What a strategy may know about the problem when it is set up."""
+
+    ways: int
+    shots: int
+    queries: int
+    test_ways: int
+    test_shots: int
+    test_queries: int
+    num_train_classes: int
+    channels: int
+    image_size: int
+    feature_dim: int
+
+
+class StepOutput(NamedTuple):
+    loss: torch.Tensor
+    logits: torch.Tensor  # (..., classes)
+    labels: torch.Tensor  # matching logits.shape[:-1]
+
+
+class Strategy(nn.Module):
+    """Base class for strategies.
+
+    Subclasses implement ``forward(episodes) -> logits`` of shape
+    ``(B, queries_per_episode, episodes.ways)``, and may override ``setup`` to
+    build heads once the backbone and task are known. ``self.training`` tells
+    training from evaluation. Strategies that train on plain labelled batches
+    (a supervised baseline) set ``train_batches = "labelled"`` and implement
+    ``labelled_loss``.
+    """
+
+    train_batches: ClassVar[str] = "episodes"
+    #: True when evaluation needs gradients (inner-loop adaptation); the core
+    #: then evaluates with autograd enabled.
+    needs_grad_at_eval: ClassVar[bool] = False
+
+    def setup(self, backbone: nn.Module, task: TaskInfo) -> None:
+        """Receive the backbone (as a submodule) and the task description."""
+        self.backbone = backbone
+        self.task = task
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Run the backbone over ``(B, N, C, H, W)`` images -> ``(B, N, D)`` features."""
+        b, n = images.shape[:2]
+        return self.backbone(images.flatten(0, 1)).view(b, n, -1)
+
+    def forward(self, episodes: EpisodeBatch) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(episodes) -> query logits")
+
+    def loss(self, episodes: EpisodeBatch) -> StepOutput:
+        """Cross-entropy of the query logits; override for other objectives."""
+        logits = self(episodes)
+        labels = episodes.query_labels
+        return StepOutput(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()), logits, labels)
+
+    def labelled_loss(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
+        raise NotImplementedError(f"{type(self).__name__} trains on episodes, not labelled batches")
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
+    """Per-class mean of ``(B, N, D)`` features with ``(B, N)`` labels -> ``(B, ways, D)``.
+
+    Works for uneven class counts (prediction support sets)."""
+    onehot = F.one_hot(labels, ways).to(features.dtype)  # (B, N, ways)
+    sums = onehot.transpose(1, 2) @ features
+    return sums / onehot.sum(1).clamp(min=1).unsqueeze(-1)

@@ -1,0 +1,17 @@
+"""The Transform contract: batched augmentation on the device."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class Transform(nn.Module):
+    """``forward`` augments a ``(N, C, H, W)`` float batch in ``[0, 1]`` during training;
+    ``evaluate`` prepares validation, test and prediction batches. Both must keep the
+    batch on its device and return the same shape for every call of a run."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
+    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
+        return images

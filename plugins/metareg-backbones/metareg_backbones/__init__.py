@@ -1,0 +1,1 @@
+"""First-party metareg backbones."""

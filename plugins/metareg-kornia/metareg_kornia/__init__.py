@@ -1,0 +1,1 @@
+"""First-party metareg transforms built on Kornia."""
