@@ -1,0 +1,32 @@
+"""Shared fixtures. Each test that touches plugins gets a fresh plugin set."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# ../shared beside the clone (CI lays a copy there); METAREG_SHARED overrides.
+SHARED = Path(os.environ.get("METAREG_SHARED", ROOT.parent / "shared"))
+OMNIGLOT_ZIP = SHARED / "data" / "omniglot" / "images_background.zip"
+
+# Generated datasets (glyphs) are cached here between test runs instead of the user's cache.
+os.environ.setdefault("METAREG_CACHE_DIR", str(ROOT / ".cache" / "metareg"))
+
+
+@pytest.fixture
+def omniglot_zip() -> Path:
+    if not OMNIGLOT_ZIP.is_file():
+        pytest.skip(f"real Omniglot not found at {OMNIGLOT_ZIP} (set METAREG_SHARED to the shared/ folder)")
+    return OMNIGLOT_ZIP
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    """Forget the process-wide plugin set before and after every test."""
+    from metareg.plugins import set_plugins
+
+    set_plugins(None)
+    yield
+    set_plugins(None)
