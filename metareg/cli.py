@@ -18,8 +18,37 @@ from metareg.errors import MetaregError
 from metareg.records import KINDS, SINGULAR
 
 
+# Subcommands that live in their own modules, imported only when invoked (or for
+# `--help`), so that `metareg list` never pays for torch or Lightning.
+_LAZY_COMMANDS = {
+    "run": "metareg.commands:run_cmd",
+    "eval": "metareg.commands:eval_cmd",
+    "new-plugin": "metareg.scaffold:new_plugin_cmd",
+    "predict": "metareg.predict_cli:predict_cmd",
+    "export": "metareg.predict_cli:export_cmd",
+}
+
+
 class _Group(click.Group):
-    """Turns :class:`MetaregError` into a one-paragraph message and exit code 2."""
+    """Loads lazy subcommands; turns :class:`MetaregError` into a message and exit code 2."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *self._available()})
+
+    @staticmethod
+    def _available():
+        import importlib.util
+
+        return [n for n, ref in _LAZY_COMMANDS.items() if importlib.util.find_spec(ref.split(":")[0]) is not None]
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is None and name in self._available():
+            import importlib
+
+            module, attr = _LAZY_COMMANDS[name].split(":")
+            cmd = getattr(importlib.import_module(module), attr)
+        return cmd
 
     def invoke(self, ctx):
         try:
