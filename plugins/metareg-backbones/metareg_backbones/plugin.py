@@ -10,3 +10,24 @@ def metareg_backbones():
         summary="Conv-4: four 3x3 conv-BN-ReLU-maxpool blocks (64 filters), the few-shot standard",
         aliases=("cnn4",),
     )
+    yield metareg.BackboneSpec(
+        "conv4-omniglot",
+        "metareg_backbones.conv:conv4_omniglot",
+        summary="MAML's Omniglot Conv-4: stride-2 convs instead of max-pool, 64-d averaged features",
+    )
+    yield metareg.BackboneSpec(
+        "resnet12",
+        "metareg_backbones.resnet12:resnet12",
+        summary="ResNet-12 of MetaOptNet (widths 64-160-320-640, optional DropBlock), 640-d features",
+    )
+    yield metareg.BackboneSpec(
+        "resnet18",
+        "metareg_backbones.resnet:resnet18",
+        summary="torchvision ResNet-18 trunk (no classifier), small-image stem for <= 32 px, 512-d features",
+    )
+    yield metareg.BackboneSpec(
+        "wrn28",
+        "metareg_backbones.wrn:wrn28",
+        summary="Wide ResNet WRN-28-10 (pre-activation, width option), 640-d features",
+        aliases=("wrn",),
+    )

@@ -1,0 +1,71 @@
+"""torchvision's ResNet-18, trunk only (no classifier), adapted to the dataset.
+
+The first conv takes the dataset's channel count. Images of 32 pixels or less get
+a CIFAR-style stem (3x3 stride-1 conv, no max-pool) instead of ImageNet's 7x7
+stride-2 conv and max-pool, which would shrink a 28x28 image to 7x7 before the
+first residual block. The parameter names are torchvision's, so torchvision's own
+ImageNet checkpoint (``resnet18-f37072fd.pth``, placed in the weights cache by the
+user; nothing is downloaded) loads as is; its ``fc`` classifier is ignored and, on
+grayscale data, its RGB input filters are summed into one channel.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from metareg_backbones.base import Backbone, Finetune, finish
+
+
+class ResNetTrunk(Backbone):
+    input_conv = "conv1.weight"
+    pretrained_ignore = ("fc.",)
+
+    def __init__(self, channels: int, small_input: bool):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet18(weights=None)
+        if small_input:
+            self.conv1 = nn.Conv2d(channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool = net.maxpool
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.bn1, self.relu = net.bn1, net.relu
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.out_features = net.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(self._prepare(x)))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return x.mean(dim=(-2, -1))
+
+
+def resnet18(
+    *,
+    channels: int = 3,
+    image_size: int = 84,
+    small_input: bool | None = None,
+    pretrained: str | None = None,
+    pretrained_on: str | None = None,
+    finetune: Finetune = "no_freeze",
+    unfreeze_epoch: int = 10,
+) -> nn.Module:
+    """ResNet-18 from torchvision, trunk only: 512-d average-pooled features; weights never downloaded.
+
+    small_input: use a 3x3 stride-1 stem without max-pool (CIFAR-style); default: true for images of 32 pixels or less.
+        ImageNet weights need the 7x7 stem (small_input=false).
+    pretrained: weights to start from: a file path, or a file name in the metareg weights cache
+        ($METAREG_CACHE_DIR/weights or the user cache dir), e.g. torchvision's resnet18-f37072fd.pth.
+    pretrained_on: what the weights were trained on; default: read from the file or guessed from its name
+        (torchvision's file names mean imagenet).
+    finetune: no_freeze trains everything; freeze keeps the backbone frozen (BatchNorm statistics too);
+        freeze_unfreeze keeps it frozen until epoch `unfreeze_epoch`.
+    unfreeze_epoch: the training epoch (0-based) at which freeze_unfreeze unfreezes the backbone.
+    """
+    if small_input is None:
+        small_input = image_size <= 32
+    model = ResNetTrunk(channels, small_input)
+    return finish(model, name="resnet18", pretrained=pretrained, pretrained_on=pretrained_on, finetune=finetune,
+                  unfreeze_epoch=unfreeze_epoch)
