@@ -77,6 +77,32 @@ class Strategy(nn.Module):
     def labelled_loss(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         raise NotImplementedError(f"{type(self).__name__} trains on episodes, not labelled batches")
 
+    # ------------------------------------------------------------------ prediction
+    # Optional protocol used by `metareg predict` / metareg.FewShotClassifier: the
+    # support set is fixed while queries keep arriving, so a strategy may compute
+    # once what it needs from the support set (prototypes, a fitted base learner)
+    # and reuse it for every query batch. The state is a dict of tensors so it can
+    # be cached on disk (safetensors) without pickle. The defaults keep the
+    # prepared support images and call ``forward`` on a one-episode batch, which
+    # is correct for every strategy (MAML re-adapts per query batch).
+
+    def fit_support(self, support: torch.Tensor, labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+        """State for :meth:`predict_query` from ``(S, C, H, W)`` support images and ``(S,)`` labels in
+        ``[0, ways)`` (class counts may differ). Override to precompute, e.g. class prototypes."""
+        return {"support": support, "support_labels": labels}
+
+    def predict_query(self, state: dict[str, torch.Tensor], query: torch.Tensor, ways: int) -> torch.Tensor:
+        """Logits ``(Q, ways)`` for ``(Q, C, H, W)`` query images, given :meth:`fit_support`'s state."""
+        episodes = EpisodeBatch(state["support"].unsqueeze(0), state["support_labels"].unsqueeze(0),
+                                query.unsqueeze(0), None, ways)
+        return self(episodes)[0]
+
+    def export_head(self) -> nn.Module | None:
+        """A TorchScript-compatible module ``(support_features (S, D), support_labels (S,), query_features
+        (Q, D)) -> logits (Q, ways)`` that predicts from backbone features alone, for `metareg export`;
+        ``None`` (the default) when prediction needs more than features (inner-loop adaptation)."""
+        return None
+
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:
     """Per-class mean of ``(B, N, D)`` features with ``(B, N)`` labels -> ``(B, ways, D)``.

@@ -34,3 +34,38 @@ class PrototypicalNetworks(metareg.Strategy):
         else:
             logits = -torch.cdist(query, prototypes).pow(2)
         return logits / self.temperature
+
+    # ------------------------------------------------------------------ prediction (metareg predict / export)
+    # Prototypes depend on the support set only, so `metareg predict --cache` stores them and
+    # later query batches never run the backbone on the support images again.
+
+    def fit_support(self, support: torch.Tensor, labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+        features = self.embed(support.unsqueeze(0)).float()
+        return {"prototypes": metareg.class_means(features, labels.unsqueeze(0), ways)[0]}
+
+    def predict_query(self, state: dict[str, torch.Tensor], query: torch.Tensor, ways: int) -> torch.Tensor:
+        return self.export_head().logits(self.embed(query.unsqueeze(0)).float()[0], state["prototypes"])
+
+    def export_head(self) -> PrototypeHead:
+        return PrototypeHead(self.distance, self.temperature)
+
+
+class PrototypeHead(torch.nn.Module):
+    """Nearest-prototype classifier on backbone features; TorchScript-compatible for `metareg export`."""
+
+    def __init__(self, distance: str, temperature: float):
+        super().__init__()
+        self.cosine, self.temperature = distance == "cosine", float(temperature)
+
+    def logits(self, query: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        if self.cosine:
+            scores = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).t()
+        else:
+            scores = -torch.cdist(query.unsqueeze(0), prototypes.unsqueeze(0)).pow(2)[0]
+        return scores / self.temperature
+
+    def forward(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        ways = int(labels.max()) + 1
+        onehot = F.one_hot(labels, ways).to(support.dtype)  # (S, ways): uneven class counts are fine
+        prototypes = (onehot.t() @ support) / onehot.sum(0).clamp(min=1).unsqueeze(1)
+        return self.logits(query, prototypes)

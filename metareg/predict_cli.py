@@ -1,0 +1,139 @@
+"""`metareg predict` and `metareg export`. Heavy imports stay inside the commands."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from pathlib import Path
+
+import click
+
+from metareg.errors import OptionError
+
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
+@click.command("predict")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A `metareg run` checkpoint (.ckpt) or a `metareg export --format safetensors` file.")
+@click.option("--support", "-s", required=True, type=click.Path(path_type=Path),
+              help="Folder with one subfolder of labelled images per class: SUPPORT/<class>/<image>.")
+@click.option("--query", "-q", "queries", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="Image file or folder (searched recursively); repeat for more.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the predictions to FILE.csv or FILE.json.")
+@click.option("--cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="Keep the support set's prepared state (e.g. prototypes) in FILE and reuse it while the "
+                   "support files and the model are unchanged.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
+              help="Query images per forward pass.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps.")
+@click.option("--invert/--no-invert", default=None,
+              help="Flip pixel values (1 - x) after loading. Default: what the training data recorded "
+                   "(Omniglot-style datasets store dark-on-light files as bright ink).")
+@click.option("--top", default=5, show_default=True, type=click.IntRange(min=1),
+              help="Probability columns shown on the terminal (files always hold every class).")
+@click.option("--quiet", is_flag=True, help="Do not print the table.")
+def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], output: Path | None, cache: Path | None,
+                batch_size: int, device: str, invert: bool | None, top: int, quiet: bool) -> None:
+    """Predict the classes of query images from a labelled support folder.
+
+    \b
+    Example:
+      metareg predict -c runs/omniglot/checkpoints/last.ckpt -s support/ -q new_images/ -o predictions.csv
+    """
+    if output is not None and output.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise OptionError(f"--output {str(output)!r}: use a .csv or .json file name")
+    from metareg.predict import FewShotClassifier, collect_queries, read_support_folder
+
+    # Every input is checked before the model does any work.
+    n_support = sum(len(v) for v in read_support_folder(support).values())
+    files = collect_queries(queries)
+    clf = FewShotClassifier.from_checkpoint(checkpoint, device=device, invert=invert, batch_size=batch_size)
+    start = time.perf_counter()
+    query_images = clf.load_images(files)
+    clf.fit(support, cache=cache)
+    fitted = time.perf_counter()
+    probs = clf.predict_proba(query_images)
+    done = time.perf_counter()
+    classes = clf.classes
+    rows = []
+    for path, p in zip(files, probs.tolist(), strict=True):
+        best = max(range(len(classes)), key=p.__getitem__)
+        rows.append({"query": str(path), "predicted": classes[best], "probability": p[best],
+                     "probabilities": dict(zip(classes, p, strict=True))})
+    if not quiet:
+        _print_table(rows, classes, top)
+        if cache is not None:
+            what = ("support state" if clf.caches_features
+                    else f"prepared support images (strategy {clf.strategy_name} adapts on them for every batch)")
+            click.echo(f"support cache {cache}: {'reused' if clf.fitted_from_cache else 'written'} ({what})", err=True)
+        click.echo(f"{len(rows)} queries, {len(classes)} classes, {n_support} support images; "
+                   f"support {fitted - start:.2f}s, queries {done - fitted:.2f}s", err=True)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.suffix.lower() == ".json":
+            doc = {"checkpoint": str(checkpoint), "support": str(support), "classes": classes, "predictions": rows}
+            output.write_text(json.dumps(doc, indent=2) + "\n")
+        else:
+            output.write_text(_csv(rows, classes))
+        if not quiet:
+            click.echo(f"wrote {output}", err=True)
+
+
+def _csv(rows: list[dict], classes: list[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["query", "predicted", "probability", *(f"p:{c}" for c in classes)])
+    for r in rows:
+        writer.writerow([r["query"], r["predicted"], f"{r['probability']:.6f}",
+                         *(f"{r['probabilities'][c]:.6f}" for c in classes)])
+    return buf.getvalue()
+
+
+def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
+    if len(classes) <= top:
+        header = ["QUERY", "PREDICTED", *classes]
+        table = [header] + [[r["query"], r["predicted"], *(f"{r['probabilities'][c]:.3f}" for c in classes)]
+                            for r in rows]
+    else:
+        header = ["QUERY", "PREDICTED", f"TOP {top}"]
+        table = [header]
+        for r in rows:
+            best = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:top]
+            table.append([r["query"], r["predicted"], "  ".join(f"{c}={p:.3f}" for c, p in best)])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+@click.command("export")
+@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="A `metareg run` checkpoint (.ckpt).")
+@click.option("--format", "-f", "fmt", type=click.Choice(["safetensors", "torchscript", "onnx"], case_sensitive=False),
+              help="Default: from the output suffix (.safetensors, .pt, .onnx).")
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
+@click.option("--invert/--no-invert", default=None,
+              help="Build pixel inversion into the exported model (default: what the training data recorded).")
+def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | None) -> None:
+    """Export a trained model for deployment without metareg's training stack.
+
+    \b
+    safetensors  all weights + a JSON header with the config (rebuild with metareg or by hand)
+    torchscript  forward(support, support_labels, query) -> probabilities (feature-based strategies)
+                 and embed(images) -> features; needs only torch
+    onnx         the embedding network images -> features; the head is described in the metadata
+
+    Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
+    channels and resized to its image size (see the metadata's "inputs").
+    """
+    from metareg.export import export, format_for
+    from metareg.predict import FewShotClassifier
+
+    fmt = format_for(output, fmt)
+    clf = FewShotClassifier.from_checkpoint(checkpoint, invert=invert)
+    path = export(clf.model, output, fmt, invert=clf.invert)
+    size = path.stat().st_size
+    click.echo(f"wrote {path} ({fmt}, {size / 1e6:.2f} MB; inputs: {clf.channels}x{clf.image_size}x{clf.image_size}, "
+               f"invert={clf.invert})")
