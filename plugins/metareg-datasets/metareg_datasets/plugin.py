@@ -4,4 +4,7 @@ import metareg
 
 @metareg.hookimpl
 def metareg_datasets():
-    yield from ()
+    yield metareg.DatasetSpec(
+        "glyphs", "metareg_datasets.glyphs:glyphs",
+        summary="Omniglot-like characters rendered from matplotlib's fonts (embedded default, no download)",
+    )
