@@ -10,3 +10,24 @@ def metareg_strategies():
         summary="Prototypical networks (Snell et al. 2017): nearest class mean in embedding space",
         aliases=("protonet",),
     )
+    yield metareg.StrategySpec(
+        "maml",
+        "metareg_strategies.maml:MAML",
+        summary="MAML (Finn et al. 2017), second order, batched over episodes with torch.func; Meta-SGD option",
+    )
+    yield metareg.StrategySpec(
+        "anil",
+        "metareg_strategies.anil:ANIL",
+        summary="ANIL (Raghu et al. 2020): MAML that adapts only the linear head",
+    )
+    yield metareg.StrategySpec(
+        "metaoptnet",
+        "metareg_strategies.metaoptnet:MetaOptNet",
+        summary="MetaOptNet (Lee et al. 2019): differentiable SVM or ridge regression on the embeddings",
+    )
+    yield metareg.StrategySpec(
+        "default",
+        "metareg_strategies.supervised:Supervised",
+        summary="Supervised baseline: linear head on all training classes, nearest class mean at test time",
+        aliases=("supervised", "baseline"),
+    )

@@ -1,0 +1,215 @@
+"""MAML (Finn, Abbeel and Levine, 2017), with Meta-SGD's learnable inner rates (Li et al., 2017).
+
+The shared machinery (head, options, Meta-SGD rates, the batched inner loop) lives in
+:class:`GradientAdaptation`; MAML adapts backbone and head, ANIL (``anil.py``) only the head.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import metareg
+from metareg_strategies.inner_loop import adapted_query_logits, autocast_dtype, full_precision
+
+
+def _key(name: str) -> str:
+    # ParameterDict keys may not contain dots.
+    return name.replace(".", "__")
+
+
+class GradientAdaptation(metareg.Strategy):
+    """Base for strategies that fine-tune a linear head (and maybe the body) per episode."""
+
+    needs_grad_at_eval: ClassVar[bool] = True
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        *,
+        adaptation_steps: int,
+        adaptation_lr: float,
+        first_order: bool,
+        test_adaptation_steps: int | None,
+        learn_lr: bool,
+        head_init: str,
+    ):
+        super().__init__()
+        for option, value in (("adaptation_steps", adaptation_steps), ("test_adaptation_steps", test_adaptation_steps)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise metareg.OptionError(
+                    f"{self.name}: {option} must be a positive integer, got {value!r}; one step is the usual choice"
+                )
+        if not adaptation_lr > 0:
+            raise metareg.OptionError(f"{self.name}: adaptation_lr must be positive, got {adaptation_lr!r}")
+        if head_init not in ("learned", "zero"):
+            raise metareg.OptionError(f"{self.name}: head_init must be 'learned' or 'zero', got {head_init!r}")
+        self.adaptation_steps = adaptation_steps
+        self.test_adaptation_steps = adaptation_steps if test_adaptation_steps is None else test_adaptation_steps
+        self.adaptation_lr = float(adaptation_lr)
+        self.first_order = first_order
+        self.learn_lr = learn_lr
+        self.head_init = head_init
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def setup(self, backbone: nn.Module, task: metareg.TaskInfo) -> None:
+        super().setup(backbone, task)
+        if self.head_init == "learned":
+            if task.test_ways != task.ways:
+                raise metareg.ConfigError(
+                    f"{self.name}'s learned head has `ways` = {task.ways} outputs, but evaluation episodes are "
+                    f"{task.test_ways}-way (--test-ways {task.test_ways}). Set --test-ways equal to --ways, or use "
+                    f"--strategy-opt head_init=zero (a zero head re-learnt per episode fits any number of ways), "
+                    f"or use a metric strategy (prototypicalnetworks, metaoptnet) that fits any number of ways."
+                )
+            self.head = nn.Linear(task.feature_dim, task.ways)
+        self.prepare_backbone(backbone)
+        if self.learn_lr:
+            shapes = {name: p.shape for name, p in self.adaptable_named_parameters(include_frozen=True)}
+            if self.head_init == "zero":  # one rate per feature, shared by the classes, so any ways fit
+                shapes["head.weight"] = torch.Size([1, task.feature_dim])
+                shapes["head.bias"] = torch.Size([1])
+            self.inner_lrs = nn.ParameterDict(
+                {_key(name): nn.Parameter(torch.full(shape, self.adaptation_lr)) for name, shape in shapes.items()}
+            )
+
+    def prepare_backbone(self, backbone: nn.Module) -> None:
+        """Hook for subclasses (MAML switches batch norm to batch statistics)."""
+
+    def adaptable_named_parameters(self, include_frozen: bool = False):
+        """``(name, parameter)`` pairs of the meta-parameters that the inner loop adapts."""
+        raise NotImplementedError
+
+    # -- the inner loop ---------------------------------------------------------------------------
+    def _check_ways(self, ways: int) -> None:
+        if self.head_init == "learned" and ways != self.head.out_features:
+            raise metareg.ConfigError(
+                f"{self.name}'s learned head has {self.head.out_features} outputs but these episodes are {ways}-way; "
+                f"use episodes with {self.head.out_features} classes, or train with --strategy-opt head_init=zero"
+            )
+
+    def _meta_parameters(self, ways: int, device, detach: bool):
+        params = {name: p for name, p in self.adaptable_named_parameters()}
+        if self.head_init == "zero":
+            params["head.weight"] = torch.zeros(ways, self.task.feature_dim, device=device)
+            params["head.bias"] = torch.zeros(ways, device=device)
+        if detach:
+            params = {k: v.detach() for k, v in params.items()}
+        if self.learn_lr:
+            lrs = {k: self.inner_lrs[_key(k)] for k in params}
+            if detach:
+                lrs = {k: v.detach() for k, v in lrs.items()}
+        else:
+            lrs = {k: self.adaptation_lr for k in params}
+        return params, lrs
+
+    def adapt(self, model, support, support_labels, query, ways: int) -> torch.Tensor:
+        """Adapted query logits ``(B, Q, ways)`` for inputs already prepared for ``model``."""
+        self._check_ways(ways)
+        # Evaluation adapts too but never backpropagates into the meta-parameters: no outer graph.
+        params, lrs = self._meta_parameters(ways, support.device, detach=not self.training)
+        steps = self.adaptation_steps if self.training else self.test_adaptation_steps
+        return adapted_query_logits(
+            model, params, lrs, support, support_labels, query, steps=steps, first_order=self.first_order
+        )
+
+    def head_logits(self, params: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        weight = params["head.weight"] if "head.weight" in params else self.head.weight
+        bias = params["head.bias"] if "head.bias" in params else self.head.bias
+        return F.linear(features, weight, bias)
+
+
+class MAML(GradientAdaptation):
+    """MAML: a few gradient steps on each episode's support set from meta-learnt initial weights.
+
+    The whole model (backbone and a linear head on its features) is adapted, for the whole
+    meta-batch at once (torch.func: grad inside vmap over episodes). Second order by default.
+
+    adaptation_steps: inner gradient steps per episode while meta-training.
+    adaptation_lr: inner learning rate (0.4 is MAML's Omniglot value; about 0.01 for miniImageNet).
+    first_order: drop second-order terms (first-order MAML): cheaper, usually a little less accurate.
+    test_adaptation_steps: inner steps at validation/test time; default: same as adaptation_steps
+        (MAML's paper used more at test time, e.g. 3).
+    learn_lr: Meta-SGD: learn one inner learning rate per weight, initialised to adaptation_lr.
+    head_init: 'learned' (MAML: the head's initial weights are meta-learnt; episodes must have
+        --ways classes) or 'zero' (the head starts at zero in every episode, so any number of ways works).
+
+    Batch norm: the backbone's batch-norm layers are switched to batch statistics for good
+    (running statistics are dropped, as torch.func.replace_all_batch_norm_modules_ does): the
+    inner loop normalises with each support batch's statistics, which is what MAML's code does,
+    and so does evaluation (transductive: each episode's support and query sets are normalised
+    with their own batch statistics, as in MAML's original code). Checkpoints therefore hold no
+    running statistics for this backbone.
+
+    inner_precision: 'auto': under --precision bf16-mixed the model runs in bfloat16 inside the
+        inner loop (weights and images cast explicitly, losses and weight updates in float32);
+        otherwise, and always with 'float32', the inner loop runs in float32.
+
+    Mixed precision: autocast cannot wrap torch.func's grad inside vmap (backward fails with a
+    dtype mismatch), so MAML switches autocast off and casts explicitly instead. Under
+    16-mixed the inner loop stays in float32: float16 inner gradients would need their own loss
+    scaling.
+    """
+
+    name = "maml"
+
+    def __init__(
+        self,
+        adaptation_steps: int = 1,
+        adaptation_lr: float = 0.4,
+        first_order: bool = False,
+        test_adaptation_steps: int | None = None,
+        learn_lr: bool = False,
+        head_init: Literal["learned", "zero"] = "learned",
+        inner_precision: Literal["auto", "float32"] = "auto",
+    ):
+        super().__init__(
+            adaptation_steps=adaptation_steps,
+            adaptation_lr=adaptation_lr,
+            first_order=first_order,
+            test_adaptation_steps=test_adaptation_steps,
+            learn_lr=learn_lr,
+            head_init=head_init,
+        )
+        if inner_precision not in ("auto", "float32"):
+            raise metareg.OptionError(f"maml: inner_precision must be 'auto' or 'float32', got {inner_precision!r}")
+        self.inner_precision = inner_precision
+        self._compute_dtype: torch.dtype | None = None
+
+    def prepare_backbone(self, backbone: nn.Module) -> None:
+        torch.func.replace_all_batch_norm_modules_(backbone)
+
+    def adaptable_named_parameters(self, include_frozen: bool = False):
+        for name, p in self.backbone.named_parameters():
+            if include_frozen or p.requires_grad:  # frozen layers (freeze schedules) stay fixed
+                yield "backbone." + name, p
+        if self.head_init == "learned":
+            yield "head.weight", self.head.weight
+            yield "head.bias", self.head.bias
+
+    def _model(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        dtype = self._compute_dtype
+        if dtype is not None:  # explicit low-precision compute; the float32 weights get float32 gradients
+            params = {k: v.to(dtype) for k, v in params.items()}
+            images = images.to(dtype)
+        body = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
+        features = torch.func.functional_call(self.backbone, body, (images,))
+        return self.head_logits(params, features).float()
+
+    def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
+        device = episodes.support.device
+        dtype = autocast_dtype(device)
+        self._compute_dtype = dtype if self.inner_precision == "auto" and dtype == torch.bfloat16 else None
+        try:
+            with full_precision(device):
+                return self.adapt(
+                    self._model,
+                    episodes.support.float(),
+                    episodes.support_labels,
+                    episodes.query.float(),
+                    episodes.ways,
+                )
+        finally:
+            self._compute_dtype = None
