@@ -1,0 +1,109 @@
+"""Resolving a RunConfig's component names and options into live objects.
+
+Everything here happens before training starts, so a misspelt name or option fails
+fast with a message that names it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from metareg.config import RunConfig
+from metareg.errors import MetaregError
+from metareg.options import bind
+from metareg.records import SINGULAR
+from metareg.registry import Registry
+
+# Datasets whose test classes are ImageNet classes: ImageNet-pretrained weights leak them.
+IMAGENET_DERIVED = {"miniimagenet", "tieredimagenet", "l2l-miniimagenet", "l2l-tieredimagenet"}
+
+
+@dataclass
+class Resolved:
+    """A component's factory with its validated keyword arguments."""
+
+    kind: str
+    name: str
+    provider: Any  # metareg.plugins.Provided
+    factory: Any
+    options: dict[str, Any]
+
+    def build(self, **injected):
+        kwargs = bind(self.factory, self.options, component=f"{SINGULAR[self.kind]} {self.name!r}", injected=injected)
+        try:
+            return self.factory(**kwargs)
+        except MetaregError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise MetaregError(f"{SINGULAR[self.kind]} {self.name!r} rejected its options {self.options}: {exc}") from exc
+
+
+def resolve(registry: Registry, kind: str, name: str, options: dict[str, Any]) -> Resolved:
+    provided = registry.get(kind, name)
+    try:
+        factory = provided.record.load()
+    except Exception as exc:  # noqa: BLE001 - report which plugin's factory cannot be imported
+        raise MetaregError(
+            f"{SINGULAR[kind]} {name!r} from {provided.plugin.label} cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
+    resolved = Resolved(kind, provided.record.name, provided, factory, dict(options))
+    # Validate option names and types now, before any data is loaded.
+    bind(factory, resolved.options, component=f"{SINGULAR[kind]} {provided.record.name!r}")
+    return resolved
+
+
+@dataclass
+class Components:
+    dataset: Resolved | None  # None when the caller supplies the dataset object itself
+    backbone: Resolved
+    transform: Resolved
+    strategy: Resolved
+
+
+def resolve_all(config: RunConfig, registry: Registry | None = None, *, dataset: bool = True) -> Components:
+    registry = registry or Registry.current()
+    return Components(
+        dataset=resolve(registry, "datasets", config.dataset, config.dataset_options) if dataset else None,
+        backbone=resolve(registry, "backbones", config.backbone, config.backbone_options),
+        transform=resolve(registry, "transforms", config.transform, config.transform_options),
+        strategy=resolve(registry, "strategies", config.strategy, config.strategy_options),
+    )
+
+
+def build_model(components: Components, config: RunConfig, channels: int, image_size: int, num_train_classes: int,
+                dataset_name: str | None = None):
+    """Backbone, strategy (set up with the backbone) and transform for a dataset's image shape."""
+    import torch
+
+    from metareg.strategy import Strategy, TaskInfo
+    from metareg.transform import Transform
+
+    backbone = components.backbone.build(channels=channels, image_size=image_size)
+    if not isinstance(backbone, torch.nn.Module):
+        raise MetaregError(f"backbone {components.backbone.name!r} returned {type(backbone).__name__}, not an nn.Module")
+    feature_dim = getattr(backbone, "out_features", None)
+    if not isinstance(feature_dim, int):
+        raise MetaregError(f"backbone {components.backbone.name!r} does not set an integer `out_features`")
+    if getattr(backbone, "pretrained_on", None) == "imagenet" and (dataset_name or "").lower() in IMAGENET_DERIVED:
+        warnings.warn(
+            f"backbone {components.backbone.name!r} carries ImageNet-pretrained weights, and the test classes of "
+            f"{dataset_name!r} are ImageNet classes: test accuracy will be inflated. Train from scratch or "
+            "pretrain on the training classes only for a fair figure.",
+            stacklevel=2,
+        )
+    strategy = components.strategy.build()
+    if not isinstance(strategy, Strategy):
+        raise MetaregError(f"strategy {components.strategy.name!r} returned {type(strategy).__name__}, "
+                           "not a metareg.Strategy")
+    task = TaskInfo(
+        ways=config.ways, shots=config.shots, queries=config.queries,
+        test_ways=config.eval_ways, test_shots=config.eval_shots, test_queries=config.eval_queries,
+        num_train_classes=num_train_classes, channels=channels, image_size=image_size, feature_dim=feature_dim,
+    )
+    strategy.setup(backbone, task)
+    transform = components.transform.build(channels=channels, image_size=image_size)
+    if not isinstance(transform, Transform):
+        raise MetaregError(f"transform {components.transform.name!r} returned {type(transform).__name__}, "
+                           "not a metareg.Transform")
+    return strategy, transform, task

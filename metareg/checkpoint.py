@@ -1,0 +1,117 @@
+"""Reading metareg checkpoints safely, and rebuilding the model they hold.
+
+A metareg checkpoint is a Lightning checkpoint with an extra ``"metareg"`` entry:
+format version, metareg version, the resolved run config, the image shape and the
+TaskInfo. Everything in it is tensors and plain containers, so it always loads
+with ``torch.load(weights_only=True)``; anything that needs more is refused.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from metareg.errors import CheckpointError
+
+FORMAT = "metareg-checkpoint"
+FORMAT_VERSION = 1
+
+
+def payload(config, task, dataset_name: str, class_names: list[str] | None = None) -> dict[str, Any]:
+    import metareg
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "metareg_version": metareg.__version__,
+        "config": config.to_dict(),
+        "task": asdict(task),
+        "data": {"name": dataset_name, "channels": task.channels, "image_size": task.image_size},
+    }
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check that metareg wrote it."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{str(path)!r} holds Python objects that a weights-only load refuses ({str(exc).splitlines()[0]}); "
+            "metareg only opens checkpoints made of tensors and plain values, such as those `metareg run` writes"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    meta = ckpt.get("metareg") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{str(path)!r} was not written by metareg (no metareg section): pass a checkpoint from a "
+            "`metareg run` directory, e.g. RUN_DIR/checkpoints/last.ckpt"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{str(path)!r} uses metareg checkpoint format {meta.get('format_version')} "
+            f"(written by metareg {meta.get('metareg_version')}); this metareg reads format {FORMAT_VERSION}"
+        )
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{str(path)!r} has no model weights (state_dict)")
+    return ckpt
+
+
+@dataclass
+class LoadedModel:
+    """A trained model rebuilt from a checkpoint, in eval mode on the CPU."""
+
+    strategy: Any  # metareg.Strategy, with its backbone
+    transform: Any  # metareg.Transform
+    config: Any  # RunConfig
+    task: Any  # TaskInfo
+    meta: dict[str, Any]
+
+    @property
+    def channels(self) -> int:
+        return self.task.channels
+
+    @property
+    def image_size(self) -> int:
+        return self.task.image_size
+
+
+def load_model(path: str | Path, registry=None) -> LoadedModel:
+    """Rebuild strategy, backbone and transform from a checkpoint and load their weights."""
+    from metareg.build import build_model, resolve_all
+    from metareg.config import RunConfig
+    from metareg.errors import MetaregError
+
+    ckpt = read_checkpoint(path)
+    meta = ckpt["metareg"]
+    config = RunConfig.from_sources(meta["config"])
+    try:
+        components = resolve_all(config, registry, dataset=False)
+    except MetaregError as exc:
+        raise CheckpointError(f"cannot rebuild the model of {str(path)!r}: {exc}") from None
+    task = meta["task"]
+    strategy, transform, task_info = build_model(
+        components, config, task["channels"], task["image_size"], task["num_train_classes"], meta["data"]["name"]
+    )
+    state = ckpt["state_dict"]
+    for prefix, module in (("strategy.", strategy), ("transform.", transform)):
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        missing, unexpected = module.load_state_dict(part, strict=False)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"weights in {str(path)!r} do not fit the {prefix[:-1]} rebuilt from its config "
+                f"(missing: {missing[:3]}, unexpected: {unexpected[:3]}); was a plugin upgraded since training?"
+            )
+    strategy.eval()
+    transform.eval()
+    return LoadedModel(strategy, transform, config, task_info, meta)

@@ -1,0 +1,158 @@
+"""`metareg run` and `metareg eval`: thin click front-ends over metareg.run."""
+from __future__ import annotations
+
+import typing
+from dataclasses import fields
+
+import click
+
+from metareg.config import OPTION_SECTIONS, RunConfig
+from metareg.errors import ConfigError
+from metareg.options import parse_assignments
+
+HELP = {
+    "dataset": "Dataset name (see `metareg list datasets`).",
+    "backbone": "Backbone name (see `metareg list backbones`).",
+    "transform": "Training augmentation chain (see `metareg list transforms`).",
+    "strategy": "Meta-learning strategy, e.g. prototypicalnetworks, maml (see `metareg list strategies`).",
+    "ways": "Classes per training episode.",
+    "shots": "Support samples per class in training episodes.",
+    "queries": "Query samples per class in training episodes.",
+    "meta_batch_size": "Episodes per optimizer step.",
+    "num_tasks": "Size of a fixed pool of training tasks; -1 draws a fresh task every time.",
+    "epoch_length": "Meta-batches (optimizer steps) per epoch, across all processes.",
+    "test_ways": "Classes per validation/test episode (default: --ways).",
+    "test_shots": "Support samples per class at validation/test (default: --shots).",
+    "test_queries": "Query samples per class at validation/test (default: --queries).",
+    "test_num_tasks": "Fixed, seeded test episodes to report on.",
+    "val_num_tasks": "Fixed validation episodes evaluated after each epoch.",
+    "eval_meta_batch_size": "Episodes per forward pass during validation and test.",
+    "max_epochs": "Training epochs (-1 with --max-steps for a step budget).",
+    "max_steps": "Stop after this many optimizer steps (-1: no limit).",
+    "lr": "Learning rate of the outer optimizer.",
+    "optimizer": "Outer optimizer.",
+    "weight_decay": "Weight decay of the outer optimizer.",
+    "momentum": "Momentum for --optimizer sgd.",
+    "scheduler": "Learning-rate schedule: none, cosine (per step) or step (per epoch).",
+    "step_size": "Epochs between learning-rate drops for --scheduler step.",
+    "gamma": "Learning-rate factor at each drop for --scheduler step.",
+    "gradient_clip_val": "Clip gradient norm to this value.",
+    "seed": "Seed for weights, training episodes and the fixed validation/test episodes.",
+    "accelerator": "Lightning accelerator: auto, cpu, gpu, ...",
+    "devices": "Lightning devices: a count, a list like 0,1, or auto.",
+    "precision": "Lightning precision: 32-true, 16-mixed, bf16-mixed, ...",
+    "trainer_strategy": "Lightning's distribution strategy: auto, ddp, ddp_spawn, fsdp, ...",
+    "num_nodes": "Machines for distributed training.",
+    "output_dir": "Run directory (default: runs/<time>-<strategy>-<dataset>).",
+    "progress": "Show a progress bar.",
+}
+
+
+def _click_type(tp):
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return click.Choice([str(a) for a in typing.get_args(tp)])
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType")) else tp
+    return {int: click.INT, float: click.FLOAT, str: click.STRING}.get(base, click.STRING)
+
+
+def config_options(func, only: set[str] | None = None):
+    """Decorate ``func`` with one ``--option`` per RunConfig field (default None = not given)."""
+    hints = typing.get_type_hints(RunConfig)
+    for f in reversed(fields(RunConfig)):
+        if f.name in OPTION_SECTIONS or (only is not None and f.name not in only):
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None,
+                                help=HELP.get(f.name, ""))(func)
+        else:
+            default = f.default if not callable(f.default_factory) else None
+            shown = f"  [default: {default if default is not None else 'see help'}]"
+            func = click.option(flag, f.name, type=_click_type(hints[f.name]), default=None,
+                                help=HELP.get(f.name, "") + shown)(func)
+    return func
+
+
+def component_options(func):
+    for kind in ("strategy", "transform", "backbone", "dataset"):
+        func = click.option(f"--{kind}-opt", f"{kind}_opt", multiple=True, metavar="KEY=VALUE",
+                            help=f"An option of the {kind} (see `metareg info {kind} NAME`); repeatable.")(func)
+    return func
+
+
+def _cli_settings(values: dict) -> dict:
+    settings = {k: v for k, v in values.items() if v is not None and k in RunConfig.keys()}
+    for kind in ("dataset", "backbone", "transform", "strategy"):
+        given = values.get(f"{kind}_opt") or ()
+        if given:
+            settings[f"{kind}_options"] = parse_assignments(given, f"--{kind}-opt")
+    return settings
+
+
+@click.command("run")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings; "
+              "command-line options win over it.")
+@click.option("--print-config", is_flag=True, help="Print the resolved settings as YAML and exit.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last.ckpt.")
+@component_options
+@config_options
+def run_cmd(config_file, print_config, resume, **values):
+    """Train a few-shot learner and report test accuracy on unseen classes.
+
+    \b
+    Examples:
+      metareg run --strategy prototypicalnetworks
+      metareg run --strategy maml --ways 5 --shots 1 --strategy-opt adaptation_steps=5
+      metareg run --config experiment.yaml --seed 3
+    """
+    from metareg.run import train
+
+    file_settings = RunConfig.load_yaml(config_file) if config_file else {}
+    cli_settings = _cli_settings(values)
+    if resume and not config_file:
+        # A resumed run starts from the settings it was started with.
+        out = cli_settings.get("output_dir")
+        if not out:
+            raise ConfigError("--resume needs --output-dir: the run directory to continue")
+        from pathlib import Path
+
+        saved = Path(out) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"cannot resume: {str(saved)!r} does not exist")
+        file_settings = RunConfig.load_yaml(saved)
+    config = RunConfig.from_sources(file_settings, cli_settings)
+    if print_config:
+        click.echo(config.to_yaml(), nl=False)
+        return
+    result = train(config, resume=resume)
+    if result is not None:
+        click.echo(f"run directory: {result.run_dir}")
+        click.echo(result.report.line())
+
+
+EVAL_FIELDS = {"test_ways", "test_shots", "test_queries", "test_num_tasks", "seed", "dataset", "eval_meta_batch_size",
+               "accelerator", "devices", "precision", "trainer_strategy", "num_nodes", "output_dir", "progress"}
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--dataset-opt", "dataset_opt", multiple=True, metavar="KEY=VALUE",
+              help="An option of the dataset (see `metareg info dataset NAME`); repeatable.")
+@lambda f: config_options(f, EVAL_FIELDS)
+def eval_cmd(checkpoint, **values):
+    """Re-evaluate a saved model on fixed seeded test episodes.
+
+    \b
+    Example:
+      metareg eval runs/RUN/checkpoints/last.ckpt --test-shots 5 --test-num-tasks 1000
+    """
+    from metareg.run import evaluate
+
+    settings = _cli_settings(values)
+    output_dir = settings.pop("output_dir", None)
+    result = evaluate(checkpoint, output_dir=output_dir, **settings)
+    if result is not None:
+        click.echo(f"results: {result.run_dir}")
+        click.echo(result.report.line())

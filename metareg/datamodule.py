@@ -1,0 +1,139 @@
+"""The LightningDataModule: episodes of each split as index draws, gathered into uint8 batches.
+
+Every batch is a pure function of (seed, split, epoch, index), so:
+- training batch ``i`` of epoch ``e`` is the same however many processes share the
+  epoch (Lightning's distributed sampler hands ranks disjoint indices ``i``);
+- validation and test episodes are fixed by the seed: episode ``j`` is the same for
+  every strategy, run and world size, so accuracies compare episode by episode.
+Images stay uint8 until the Lightning module moves them to the device.
+"""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from metareg.config import RunConfig
+from metareg.episodes import EpisodeSampler, generator
+from metareg.errors import ConfigError, DataError
+from metareg.splits import ClassSplit, FewShotDataset
+
+
+class TrainEpisodes(Dataset):
+    """Item ``i``: meta-batch ``i`` of the current epoch, ``(B, ways, shots+queries, C, H, W)`` uint8."""
+
+    def __init__(self, split: ClassSplit, sampler: EpisodeSampler, *, length: int, batch: int, seed: int,
+                 num_tasks: int):
+        self.split, self.sampler, self.length, self.batch, self.seed = split, sampler, length, batch, seed
+        self.epoch = 0
+        # A fixed pool of tasks (Flash's num_tasks); -1 means a fresh task every draw.
+        self.pool = sampler.sample(num_tasks, generator(seed, "task-pool")) if num_tasks > 0 else None
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        gen = generator(self.seed, "train", self.epoch, i)
+        if self.pool is None:
+            index = self.sampler.sample(self.batch, gen)
+        else:
+            index = self.pool[torch.randint(len(self.pool), (self.batch,), generator=gen)]
+        return {"images": self.split.images.gather(index)}
+
+
+class LabelledBatches(Dataset):
+    """Item ``i``: a plain batch of training images with their training-class labels."""
+
+    def __init__(self, split: ClassSplit, *, length: int, batch: int, seed: int):
+        self.split, self.length, self.batch, self.seed = split, length, batch, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict:
+        gen = generator(self.seed, "labelled", self.epoch, i)
+        index = torch.randint(len(self.split), (self.batch,), generator=gen)
+        return {"images": self.split.images.gather(index), "labels": self.split.labels[index]}
+
+
+class FixedEpisodes(Dataset):
+    """Item ``k``: episodes ``k*B .. k*B+B-1`` of a fixed, seeded list; carries their ids."""
+
+    def __init__(self, split: ClassSplit, sampler: EpisodeSampler, *, count: int, batch: int, seed: int, stream: str):
+        self.split, self.sampler, self.count, self.batch = split, sampler, count, batch
+        self.seed, self.stream = seed, stream
+
+    def __len__(self) -> int:
+        return -(-self.count // self.batch)
+
+    def __getitem__(self, k: int) -> dict:
+        ids = torch.arange(k * self.batch, min((k + 1) * self.batch, self.count))
+        # One generator per episode: episode j never depends on batching or world size.
+        index = torch.cat([self.sampler.sample(1, generator(self.seed, self.stream, int(j))) for j in ids])
+        return {"images": self.split.images.gather(index), "episode_ids": ids}
+
+
+def _unbatch(items):
+    (item,) = items  # each dataset item is already a whole batch
+    return item
+
+
+class EpisodeDataModule(pl.LightningDataModule):
+    def __init__(self, dataset: FewShotDataset, config: RunConfig, *, labelled: bool = False, test_seed: int | None = None):
+        super().__init__()
+        self.dataset, self.config, self.labelled = dataset, config, labelled
+        self.test_seed = config.seed if test_seed is None else test_seed
+        self.train_sampler: EpisodeSampler | None = None
+        self.eval_samplers: dict[str, EpisodeSampler] = {}
+        self.train_set: Dataset | None = None
+
+    def check(self, splits=("train", "validation", "test")) -> None:
+        """Validate the splits against their episode shapes; call before any training."""
+        c, data = self.config, self.dataset
+        for name in splits:
+            if len(data.split(name)) == 0:
+                raise DataError(f"dataset {data.name!r}: the {name} split has no images")
+        if "train" in splits and not self.labelled:
+            self.train_sampler = EpisodeSampler(data.train.labels, data.train.classes, ways=c.ways,
+                                                shots=c.shots, queries=c.queries, split="train")
+        for name in splits:
+            if name != "train":
+                self.eval_samplers[name] = EpisodeSampler(
+                    data.split(name).labels, data.split(name).classes, ways=c.eval_ways, shots=c.eval_shots,
+                    queries=c.eval_queries, split=name)
+
+    def check_world_size(self, world_size: int) -> None:
+        if self.config.epoch_length % world_size:
+            raise ConfigError(
+                f"epoch_length {self.config.epoch_length} is not divisible by the world size {world_size} "
+                f"(devices x nodes); use a multiple of {world_size} so every process runs the same number of steps"
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.config
+        if self.train_set is None:
+            if self.labelled:
+                per_step = c.meta_batch_size * c.ways * (c.shots + c.queries)
+                self.train_set = LabelledBatches(self.dataset.train, length=c.epoch_length, batch=per_step, seed=c.seed)
+            else:
+                self.train_set = TrainEpisodes(self.dataset.train, self.train_sampler, length=c.epoch_length,
+                                               batch=c.meta_batch_size, seed=c.seed, num_tasks=c.num_tasks)
+
+    def _loader(self, dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=1, shuffle=False, collate_fn=_unbatch, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set)
+
+    def val_dataloader(self) -> DataLoader:
+        c = self.config
+        return self._loader(FixedEpisodes(self.dataset.validation, self.eval_samplers["validation"],
+                                          count=c.val_num_tasks, batch=c.eval_meta_batch_size, seed=c.seed,
+                                          stream="validation"))
+
+    def test_dataloader(self) -> DataLoader:
+        c = self.config
+        return self._loader(FixedEpisodes(self.dataset.test, self.eval_samplers["test"], count=c.test_num_tasks,
+                                          batch=c.eval_meta_batch_size, seed=self.test_seed, stream="test"))
+

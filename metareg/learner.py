@@ -1,0 +1,206 @@
+"""The one LightningModule: optimisation, devices and bookkeeping around a Strategy.
+
+Strategies supply the meta-learning math; this module turns uint8 batches into
+float episodes on the device, applies the transform (training) or its evaluation
+counterpart, steps the optimiser, gathers per-episode accuracies across processes
+and keeps the RNG state in checkpoints so that a resumed run ends where an
+uninterrupted one does.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from metareg.checkpoint import payload
+from metareg.config import RunConfig
+from metareg.episodes import EpisodeBatch, episode_labels, split_episodes
+from metareg.errors import MetaregError
+from metareg.evaluation import write_episodes
+from metareg.strategy import Strategy, TaskInfo
+from metareg.transform import Transform
+
+
+class NonFiniteLoss(MetaregError):
+    """The training loss became NaN or infinite."""
+
+
+class MetaLearner(pl.LightningModule):
+    def __init__(self, strategy: Strategy, transform: Transform, config: RunConfig, task: TaskInfo,
+                 dataset_name: str, dataset_info: dict | None = None):
+        super().__init__()
+        self.strategy, self.transform, self.config, self.task = strategy, transform, config, task
+        self.dataset_name, self.dataset_info = dataset_name, dict(dataset_info or {})
+        self._eval_outputs: dict[str, list] = {}
+        self.test_results: tuple[list[int], list[float]] | None = None
+        self.report_dir = None  # where the first process writes test_episodes.csv
+
+    # ------------------------------------------------------------------ batches
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        images = batch["images"].float().div_(255)
+        training = self.trainer is not None and self.trainer.training
+        if "labels" in batch:  # labelled batch for supervised strategies
+            return {"images": self.transform(images) if training else self.transform.evaluate(images),
+                    "labels": batch["labels"]}
+        b, ways, n = images.shape[:3]
+        shots = self.config.shots if training else self.config.eval_shots
+        flat = images.flatten(0, 2)
+        flat = self.transform(flat) if training else self.transform.evaluate(flat)
+        images = flat.view(b, ways, n, *flat.shape[1:])
+        support, query = split_episodes(images, shots)
+        episodes = EpisodeBatch(
+            support=support,
+            support_labels=episode_labels(b, ways, shots, images.device),
+            query=query,
+            query_labels=episode_labels(b, ways, n - shots, images.device),
+            ways=ways,
+        )
+        out = {"episodes": episodes}
+        if "episode_ids" in batch:
+            out["episode_ids"] = batch["episode_ids"]
+        return out
+
+    # ----------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        train_set = self.trainer.datamodule.train_set if self.trainer.datamodule is not None else None
+        if train_set is not None:
+            train_set.epoch = self.current_epoch
+        hook = getattr(self.strategy.backbone, "metareg_epoch_start", None)
+        if callable(hook):
+            hook(self.current_epoch)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if "labels" in batch:
+            out = self.strategy.labelled_loss(batch["images"], batch["labels"])
+            size = batch["labels"].numel()
+        else:
+            out = self.strategy.loss(batch["episodes"])
+            size = batch["episodes"].meta_batch_size
+        if not torch.isfinite(out.loss):
+            raise NonFiniteLoss(
+                f"training loss is {out.loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
+                f"batch {batch_idx}); stopped. The last good checkpoint is untouched. Lower --lr, enable "
+                "gradient clipping (gradient_clip_val) or use 32-bit precision."
+            )
+        acc = (out.logits.argmax(-1) == out.labels).float().mean()
+        self.log("train_loss", out.loss, prog_bar=True, batch_size=size)
+        self.log("train_acc", acc, prog_bar=True, batch_size=size)
+        return out.loss
+
+    # --------------------------------------------------------------- evaluation
+    def _episode_accuracy(self, episodes: EpisodeBatch) -> torch.Tensor:
+        grad = torch.enable_grad() if self.strategy.needs_grad_at_eval else contextlib.nullcontext()
+        with grad:
+            logits = self.strategy(episodes)
+        return (logits.argmax(-1) == episodes.query_labels).float().mean(1).detach()
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        acc = self._episode_accuracy(batch["episodes"])
+        self._eval_outputs.setdefault("validation", []).append((batch["episode_ids"], acc))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        acc = self._episode_accuracy(batch["episodes"])
+        self._eval_outputs.setdefault("test", []).append((batch["episode_ids"], acc))
+
+    def _gather(self, stage: str) -> tuple[list[int], list[float]]:
+        """Per-episode accuracies from every process, de-duplicated (samplers pad the last ranks)."""
+        outputs = self._eval_outputs.pop(stage, [])
+        device = self.device
+        ids = torch.cat([i for i, _ in outputs]).to(device) if outputs else torch.zeros(0, dtype=torch.long, device=device)
+        acc = torch.cat([a for _, a in outputs]).to(device) if outputs else torch.zeros(0, device=device)
+        if self.trainer.world_size > 1:
+            # Ranks may hold different numbers of episodes: pad to the longest, gather, drop the padding.
+            longest = int(self.all_gather(torch.tensor(len(ids), device=device)).max())
+            pad = longest - len(ids)
+            ids = torch.cat([ids, torch.full((pad,), -1, dtype=ids.dtype, device=device)])
+            acc = torch.cat([acc, torch.zeros(pad, dtype=acc.dtype, device=device)])
+            ids, acc = self.all_gather(ids).flatten(), self.all_gather(acc).flatten()
+            keep = ids >= 0
+            ids, acc = ids[keep], acc[keep]
+        unique: dict[int, float] = {}
+        for i, a in zip(ids.tolist(), acc.tolist()):
+            unique.setdefault(int(i), float(a))
+        order = sorted(unique)
+        return order, [unique[i] for i in order]
+
+    def on_validation_epoch_end(self) -> None:
+        ids, acc = self._gather("validation")
+        if acc:
+            # Already gathered from every process: each one logs the same value, so syncing is a no-op.
+            self.log("val_acc", sum(acc) / len(acc), prog_bar=True, sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._gather("test")
+        if self.report_dir is not None and self.trainer.global_rank == 0:
+            write_episodes(Path(self.report_dir) / "test_episodes.csv", *self.test_results)
+
+    # --------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        c = self.config
+        params = [p for p in self.parameters()]
+        if c.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True)
+        elif c.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.scheduler == "none":
+            return opt
+        if c.scheduler == "cosine":
+            total = c.max_steps if c.max_steps > 0 else c.max_epochs * c.epoch_length
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["metareg"] = payload(self.config, self.task, self.dataset_name)
+        checkpoint["metareg"]["data"]["info"] = _plain(self.dataset_info)
+        # Lightning does not save RNG state; without it a resumed run diverges.
+        checkpoint["metareg"]["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": _numpy_state(),
+            "python": _python_state(),
+        }
+        # Config objects are not plain data; the config travels in checkpoint["metareg"].
+        checkpoint.pop("hyper_parameters", None)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("metareg", {}).get("rng")
+        if not rng:
+            return
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(("MT19937", rng["numpy"]["keys"].numpy().astype(np.uint32), int(rng["numpy"]["pos"]),
+                             int(rng["numpy"]["has_gauss"]), float(rng["numpy"]["cached_gaussian"])))
+        state = rng["python"]
+        random.setstate((int(state["version"]), tuple(int(v) for v in state["internal"].tolist()), None))
+
+
+def _numpy_state() -> dict:
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
+            "cached_gaussian": cached}
+
+
+def _python_state() -> dict:
+    version, internal, _ = random.getstate()
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64)}
+
+
+def _plain(value):
+    """Keep only values a weights-only load accepts (numbers, strings, lists, dicts)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if _plain(v) is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    return None
