@@ -121,13 +121,14 @@ def read_checksum_file(path: str | os.PathLike) -> dict[str, str]:
     return sums
 
 
-def download(urls: list[str] | str, dest: Path, expected: dict[str, str] | None, *, what: str,
-             timeout: float = 60.0) -> Path:
-    """Download the first URL that works to ``dest``, verify it, and move it into place.
+def download(urls: list[str] | str, dest: Path, check: Callable[[Path], None] | None, *, what: str,
+             hint: str = "", timeout: float = 60.0) -> Path:
+    """Download the first URL that works to ``dest``, ``check`` it, and only then move it into place.
 
-    Nothing is left at ``dest`` unless the whole file arrived and matched ``expected``.
-    ``expected=None`` skips verification (only when the caller has no published digest
-    and the user asked for it explicitly).
+    ``check(tmp)`` raises :class:`metareg.DataError` when the file is not the published
+    one (see :func:`verify_any`); nothing is left at ``dest`` unless the whole file
+    arrived and passed. ``check=None`` skips verification: only for files whose
+    digest is unknown and whose user asked for that explicitly.
     """
     dest = Path(dest)
     urls = [urls] if isinstance(urls, str) else list(urls)
@@ -137,18 +138,36 @@ def download(urls: list[str] | str, dest: Path, expected: dict[str, str] | None,
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:  # noqa: S310
                 for block in iter(lambda: resp.read(1 << 20), b""):
                     out.write(block)
-            if expected:
-                verify(tmp, expected, what=f"{what} (downloaded from {url})")
+            if check is not None:
+                check(tmp)
 
         try:
             return atomic_write(dest, write)
-        except metareg.DataError:
-            raise
-        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        except metareg.DataError as exc:
+            raise metareg.DataError(f"{exc} (downloaded from {url}; nothing was saved)") from None
+        except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
             errors.append(f"{url}: {type(exc).__name__}: {getattr(exc, 'reason', exc)}")
     raise metareg.DataError(
-        f"{what}: could not download {dest.name} (offline?). Tried: " + "; ".join(errors)
-        + f". Download it by hand and put it at {dest}, or pass root=FOLDER holding it."
+        f"{what}: could not download {dest.name} (offline?). Tried: " + "; ".join(errors) + ". "
+        + (hint or f"Download it by hand and put it at {dest}.")
+    )
+
+
+def verify_any(path: Path, alternatives: list[dict[str, str]], *, what: str) -> None:
+    """Pass if ``path`` matches any one of several published digest sets."""
+    errors = []
+    for expected in alternatives:
+        try:
+            verify(path, expected, what=what)
+            return
+        except metareg.DataError as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    wanted = "; ".join(f"{k} {v}" for e in alternatives for k, v in e.items())
+    raise metareg.DataError(
+        f"{what}: checksum mismatch for {path}: it matches none of the published digests ({wanted}). "
+        "The file is corrupt or not the published one; delete it and download it again."
     )
 
 
