@@ -6,9 +6,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from metareg_datasets import glyphs as G
 
 import metareg
-from metareg_datasets import glyphs as G
 
 SMALL = dict(image_size=16, samples_per_class=4, min_fonts=16,
              alphabets=("Basic Latin", "Greek and Coptic", "Box Drawing", "General Punctuation"))
