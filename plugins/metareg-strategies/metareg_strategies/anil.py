@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import metareg
-from metareg_strategies.inner_loop import full_precision
+from metareg_strategies.inner_loop import as_full, full_precision
 from metareg_strategies.maml import GradientAdaptation
 
 
@@ -63,6 +63,6 @@ class ANIL(GradientAdaptation):
         with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
             features = self.embed(torch.cat([episodes.support, episodes.query], 1))
         with full_precision(features.device):
-            features = features.float()
+            features = as_full(features)
             support, query = features[:, :n_support], features[:, n_support:]
             return self.adapt(self._model, support, episodes.support_labels, query, episodes.ways)

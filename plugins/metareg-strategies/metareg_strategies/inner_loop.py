@@ -67,6 +67,11 @@ def full_precision(device: torch.device):
     return contextlib.nullcontext()
 
 
+def as_full(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16 (or integer) tensors -> float32; float32 and float64 pass unchanged."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """The dtype autocast would compute in on ``device`` right now, or None when it is off."""
     if not torch.is_autocast_enabled(device.type):

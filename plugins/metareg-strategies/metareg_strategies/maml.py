@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg_strategies.inner_loop import adapted_query_logits, autocast_dtype, full_precision
+from metareg_strategies.batchnorm import use_batch_statistics
+from metareg_strategies.inner_loop import adapted_query_logits, as_full, autocast_dtype, full_precision
 
 
 def _key(name: str) -> str:
@@ -90,11 +91,11 @@ class GradientAdaptation(metareg.Strategy):
                 f"use episodes with {self.head.out_features} classes, or train with --strategy-opt head_init=zero"
             )
 
-    def _meta_parameters(self, ways: int, device, detach: bool):
+    def _meta_parameters(self, ways: int, like: torch.Tensor, detach: bool):
         params = {name: p for name, p in self.adaptable_named_parameters()}
         if self.head_init == "zero":
-            params["head.weight"] = torch.zeros(ways, self.task.feature_dim, device=device)
-            params["head.bias"] = torch.zeros(ways, device=device)
+            params["head.weight"] = like.new_zeros(ways, self.task.feature_dim)
+            params["head.bias"] = like.new_zeros(ways)
         if detach:
             params = {k: v.detach() for k, v in params.items()}
         if self.learn_lr:
@@ -109,7 +110,7 @@ class GradientAdaptation(metareg.Strategy):
         """Adapted query logits ``(B, Q, ways)`` for inputs already prepared for ``model``."""
         self._check_ways(ways)
         # Evaluation adapts too but never backpropagates into the meta-parameters: no outer graph.
-        params, lrs = self._meta_parameters(ways, support.device, detach=not self.training)
+        params, lrs = self._meta_parameters(ways, support, detach=not self.training)
         steps = self.adaptation_steps if self.training else self.test_adaptation_steps
         return adapted_query_logits(
             model, params, lrs, support, support_labels, query, steps=steps, first_order=self.first_order
@@ -137,7 +138,8 @@ class MAML(GradientAdaptation):
         --ways classes) or 'zero' (the head starts at zero in every episode, so any number of ways works).
 
     Batch norm: the backbone's batch-norm layers are switched to batch statistics for good
-    (running statistics are dropped, as torch.func.replace_all_batch_norm_modules_ does): the
+    (running statistics are dropped; same parameters, spelt with plain tensor ops because
+    torch.func's second derivative through F.batch_norm under vmap is wrong): the
     inner loop normalises with each support batch's statistics, which is what MAML's code does,
     and so does evaluation (transductive: each episode's support and query sets are normalised
     with their own batch statistics, as in MAML's original code). Checkpoints therefore hold no
@@ -179,7 +181,7 @@ class MAML(GradientAdaptation):
         self._compute_dtype: torch.dtype | None = None
 
     def prepare_backbone(self, backbone: nn.Module) -> None:
-        torch.func.replace_all_batch_norm_modules_(backbone)
+        use_batch_statistics(backbone)
 
     def adaptable_named_parameters(self, include_frozen: bool = False):
         for name, p in self.backbone.named_parameters():
@@ -196,7 +198,8 @@ class MAML(GradientAdaptation):
             images = images.to(dtype)
         body = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
         features = torch.func.functional_call(self.backbone, body, (images,))
-        return self.head_logits(params, features).float()
+        logits = self.head_logits(params, features)
+        return logits.float() if dtype is not None else logits
 
     def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
         device = episodes.support.device
@@ -206,9 +209,9 @@ class MAML(GradientAdaptation):
             with full_precision(device):
                 return self.adapt(
                     self._model,
-                    episodes.support.float(),
+                    as_full(episodes.support),
                     episodes.support_labels,
-                    episodes.query.float(),
+                    as_full(episodes.query),
                     episodes.ways,
                 )
         finally:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg_strategies.inner_loop import full_precision
+from metareg_strategies.inner_loop import as_full, full_precision
 from metareg_strategies.svm import crammer_singer_svm
 
 
@@ -71,7 +71,7 @@ class MetaOptNet(metareg.Strategy):
         n_support = episodes.support.shape[1]
         features = self.embed(torch.cat([episodes.support, episodes.query], 1))
         with full_precision(features.device):  # the base learner's solves need float32 or better
-            features = features.float()
+            features = as_full(features)
             support, query = features[:, :n_support], features[:, n_support:]
             if self.base_learner == "ridge":
                 scores = ridge_scores(support, episodes.support_labels, query, episodes.ways, self.ridge_lambda)
