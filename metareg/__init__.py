@@ -40,6 +40,7 @@ _LAZY = {
     "LazyImages": "metareg.splits",
     "split_classes": "metareg.splits",
     "RunConfig": "metareg.config",
+    "restricted_load": "metareg.safe_pickle",
     "Registry": "metareg.registry",
     "train": "metareg.run",
     "evaluate": "metareg.run",
