@@ -286,6 +286,14 @@ class FewShotClassifier:
 
         return type(self.strategy).fit_support is not Strategy.fit_support
 
+    @property
+    def transductive(self) -> bool:
+        """Batch norm without running statistics (MAML's): each query batch is normalised with its own
+        statistics, so answers depend on which queries are predicted together (and on batch_size)."""
+        return bool(getattr(self.strategy, "transductive", False)) or any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is None
+            for m in self.strategy.modules())
+
     def load_images(self, items: Sequence[Any], names: Sequence[str] | None = None) -> torch.Tensor:
         """Decode and resize every item to uint8 ``(N, C, S, S)``; the first bad one raises DataError."""
         names = names or [_describe(x, i) for i, x in enumerate(items)]

@@ -65,6 +65,10 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
                      "probabilities": dict(zip(classes, p, strict=True))})
     if not quiet:
         _print_table(rows, classes, top)
+        if clf.transductive:
+            click.echo(f"note: strategy {clf.strategy_name} normalises each batch of queries with its own batch-norm "
+                       "statistics (transductive, as in its evaluation): answers depend on which queries are "
+                       f"predicted together; here batches of {batch_size}", err=True)
         if cache is not None:
             what = ("support state" if clf.caches_features
                     else f"prepared support images (strategy {clf.strategy_name} adapts on them for every batch)")

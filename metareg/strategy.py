@@ -54,6 +54,9 @@ class Strategy(nn.Module):
     #: True when evaluation needs gradients (inner-loop adaptation); the core
     #: then evaluates with autograd enabled.
     needs_grad_at_eval: ClassVar[bool] = False
+    #: True when a query's logits depend on the other queries evaluated with it (batch
+    #: statistics over the query set, as MAML's batch norm); `metareg predict` says so.
+    transductive: ClassVar[bool] = False
 
     def setup(self, backbone: nn.Module, task: TaskInfo) -> None:
         """Receive the backbone (as a submodule) and the task description."""
