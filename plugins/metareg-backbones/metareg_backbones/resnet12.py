@@ -47,9 +47,9 @@ class DropBlock(nn.Module):
         # Seed probability so that, after growing each seed into a bs x bs block, about drop_rate is dropped.
         gamma = self.drop_rate / (bs * bs) * (h * w) / ((h - bs + 1) * (w - bs + 1))
         seeds = (torch.rand_like(x[..., : h - bs + 1, : w - bs + 1]) < gamma).to(x.dtype)
+        # Grow each seed into the bs x bs square below-right of it: pad bs-1 on every side, max-pool, back to h x w.
         pad = bs - 1
-        seeds = F.pad(seeds, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2))
-        dropped = F.max_pool2d(seeds, kernel_size=bs, stride=1)
+        dropped = F.max_pool2d(F.pad(seeds, (pad, pad, pad, pad)), kernel_size=bs, stride=1)
         keep = 1.0 - dropped
         scale = keep.numel() / keep.sum().clamp_min(1.0)
         return x * keep * scale
