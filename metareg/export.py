@@ -193,13 +193,17 @@ def _export_torchscript(model, output: Path, invert: bool) -> None:
             "metareg, or use a strategy with a feature-only head such as prototypicalnetworks"
         )
     embedder = _traced_embedder(model, invert)
-    try:
-        module = torch.jit.script(FewShotModule(embedder, torch.jit.script(head.eval())))
-    except Exception as exc:  # noqa: BLE001
-        raise MetaregError(f"the prediction head of strategy {model.config.strategy!r} cannot be scripted "
-                           f"({type(exc).__name__}: {exc}); export --format safetensors instead") from exc
-    meta = json.dumps(describe(model, invert), default=str)
-    torch.jit.save(module, os.fspath(output), _extra_files={"metareg.json": meta})
+    with warnings.catch_warnings():
+        # torch.jit is deprecated upstream in favour of torch.export, but it is still the one format
+        # that loads with plain torch and takes a support set of any size.
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            module = torch.jit.script(FewShotModule(embedder, torch.jit.script(head.eval())))
+        except Exception as exc:  # noqa: BLE001
+            raise MetaregError(f"the prediction head of strategy {model.config.strategy!r} cannot be scripted "
+                               f"({type(exc).__name__}: {exc}); export --format safetensors instead") from exc
+        meta = json.dumps(describe(model, invert), default=str)
+        torch.jit.save(module, os.fspath(output), _extra_files={"metareg.json": meta})
 
 
 def _export_onnx(model, output: Path, invert: bool) -> None:
