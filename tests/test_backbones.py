@@ -78,7 +78,9 @@ def test_vmap_over_parameter_sets_matches_a_loop(name):
     torch.manual_seed(0)
     model = build(name, 1, 28)
     replace_all_batch_norm_modules_(model)
-    params = {k: torch.stack([v.detach(), v.detach() + 0.01 * torch.randn_like(v)]) for k, v in model.named_parameters()}
+    params = {
+        k: torch.stack([v.detach(), v.detach() + 0.01 * torch.randn_like(v)]) for k, v in model.named_parameters()
+    }
     buffers = dict(model.named_buffers())
     x = torch.rand(2, 3, 1, 28, 28)
 
@@ -296,7 +298,8 @@ def test_freeze_unfreeze_schedule(tmp_path):
         assert _bn_training(model) == {not frozen}
         before = copy.deepcopy(model.state_dict())
         model(torch.rand(4, 3, 32, 32))
-        stats_moved = not torch.equal(before["features.0.1.running_mean"], model.state_dict()["features.0.1.running_mean"])
+        key = "features.0.1.running_mean"
+        stats_moved = not torch.equal(before[key], model.state_dict()[key])
         assert stats_moved is not frozen  # frozen BatchNorm keeps the pretrained statistics
     parent.eval()
     assert _bn_training(model) == {False}
