@@ -1,0 +1,149 @@
+"""Prediction speed of `metareg predict` / metareg.FewShotClassifier on CPU.
+
+    python bench/bench_predict.py [--strategy prototypicalnetworks] [--size 28 --channels 1] [--hidden 64]
+                                  [--queries 100] [--repeats 5] [--device cpu] [--threads N]
+
+A 5-way 5-shot support folder and a batch of query PNG files on disk, a conv4 model
+(untrained: speed does not depend on the weights). Prints, each as the median of
+``--repeats`` runs:
+
+- reference: the strategy's ``forward`` on one episode holding the support set and the
+  queries (what evaluation does), images already decoded: the model's own cost;
+- predictions per second for a full request (decode support + queries, fit, predict)
+  without the support cache, and with it (the support state read from the cache file);
+- predictions per second for queries already decoded, after ``fit``;
+- latency of one query file after ``fit``.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+import metareg
+from metareg.build import build_model, resolve_all
+from metareg.checkpoint import payload
+from metareg.config import RunConfig
+
+
+def make_checkpoint(path: Path, strategy: str, channels: int, size: int, hidden: int, ways: int, shots: int) -> Path:
+    config = RunConfig.from_sources({"backbone": "conv4", "backbone_options": {"hidden": hidden},
+                                     "strategy": strategy, "ways": ways, "shots": shots})
+    model, transform, task = build_model(resolve_all(config, dataset=False), config, channels, size, 64, "bench")
+    state = {"strategy." + k: v for k, v in model.state_dict().items()}
+    state |= {"transform." + k: v for k, v in transform.state_dict().items()}
+    torch.save({"metareg": payload(config, task, "bench"), "state_dict": state}, path)
+    return path
+
+
+def make_images(root: Path, ways: int, shots: int, queries: int, channels: int, source_size: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    shape = (source_size, source_size) if channels == 1 else (source_size, source_size, 3)
+    for c in range(ways):
+        d = root / "support" / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(shots):
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(d / f"{i}.png")
+    q = root / "query"
+    q.mkdir()
+    for i in range(queries):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(q / f"{i:04d}.png")
+    return root / "support", q
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--strategy", default="prototypicalnetworks")
+    ap.add_argument("--ways", type=int, default=5)
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--size", type=int, default=28, help="model image size")
+    ap.add_argument("--source-size", type=int, default=105, help="size of the image files (resized on load)")
+    ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = make_checkpoint(tmp / "m.ckpt", args.strategy, args.channels, args.size, args.hidden, args.ways,
+                               args.shots)
+        support, query = make_images(tmp, args.ways, args.shots, args.queries, args.channels, args.source_size)
+        files = sorted(query.iterdir())
+        cache = tmp / "support.cache"
+        clf = metareg.FewShotClassifier.from_checkpoint(ckpt, device=args.device, batch_size=args.queries)
+        n = args.queries
+        print(f"{args.strategy}, conv4 (hidden {args.hidden}), {args.channels}x{args.size}x{args.size} from "
+              f"{args.source_size}px PNG files, {args.ways}-way {args.shots}-shot support, {n} queries, "
+              f"device {args.device}, torch threads {torch.get_num_threads()}; median of {args.repeats}")
+
+        # reference: one evaluation episode through forward, images decoded already
+        from metareg.predict import read_support_folder
+
+        sfiles = [f for fs in read_support_folder(support).values() for f in fs]
+        s = clf.prepare(clf.load_images(sfiles)).unsqueeze(0)
+        q = clf.prepare(clf.load_images(files)).unsqueeze(0)
+        labels = torch.arange(args.ways).repeat_interleave(args.shots).unsqueeze(0).to(clf.device)
+        episode = metareg.EpisodeBatch(s, labels, q, None, args.ways)
+
+        def reference():
+            with clf._grad():
+                clf.strategy(episode)
+
+        t_ref = median_time(reference, args.repeats)
+
+        def request_no_cache():
+            clf.fit(support)
+            clf.predict(files)
+
+        def request_cache():
+            clf.fit(support, cache=cache)
+            assert clf.fitted_from_cache
+            clf.predict(files)
+
+        t_nocache = median_time(request_no_cache, args.repeats)
+        clf.fit(support, cache=cache)  # write the cache
+        t_cache = median_time(request_cache, args.repeats)
+
+        decoded = clf.load_images(files)
+        clf.fit(support)
+        t_decoded = median_time(lambda: clf.predict_logits(decoded), args.repeats)
+        t_one = median_time(lambda: clf.predict(files[:1]), max(args.repeats, 20))
+        t_decode = median_time(lambda: clf.load_images(files), args.repeats)
+
+        rows = [
+            ("reference: forward on one episode (decoded)", t_ref, n / t_ref),
+            ("request without cache (decode + fit + predict)", t_nocache, n / t_nocache),
+            ("request with support cache", t_cache, n / t_cache),
+            ("queries already decoded, after fit", t_decoded, n / t_decoded),
+            (f"decoding {n} query files alone", t_decode, n / t_decode),
+        ]
+        for name, t, rate in rows:
+            print(f"  {name:<50} {t * 1000:8.1f} ms  {rate:9.0f} predictions/s")
+        print(f"  {'latency of one query file (after fit)':<50} {t_one * 1000:8.2f} ms")
+        print(f"  cache speed-up per request: {t_nocache / t_cache:.2f}x "
+              f"(strategy {'precomputes its support state' if clf.caches_features else 'adapts per batch'})")
+
+
+if __name__ == "__main__":
+    main()
