@@ -9,6 +9,7 @@ strategies, and independent of how many processes share the work.
 from __future__ import annotations
 
 import hashlib
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -58,8 +59,9 @@ class EpisodeSampler:
 
     def __init__(self, labels: torch.Tensor, classes, *, ways: int, shots: int, queries: int, split: str):
         for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
                 raise DataError(f"{split}: {name} must be a positive integer, got {value!r}")
+        ways, shots, queries = int(ways), int(shots), int(queries)
         if ways < 2:
             raise DataError(f"{split}: ways must be at least 2 for a classification episode, got {ways}")
         self.ways, self.shots, self.queries, self.split = ways, shots, queries, split
@@ -88,16 +90,21 @@ class EpisodeSampler:
         self.table = order[gather]
         self.valid = slots.unsqueeze(0) < counts.unsqueeze(1)
         self.num_classes = len(classes)
+        self._flat_table = self.table.reshape(-1)
+        self._padded = not bool(self.valid.all())  # equal class sizes (Omniglot) need no masking
 
     def sample(self, count: int, gen: torch.Generator) -> torch.Tensor:
         """``(count, ways, shots + queries)`` sample indices; per class, supports come first."""
         n = self.shots + self.queries
+        width = self.table.shape[1]
         class_keys = torch.rand(count, self.num_classes, generator=gen)
         cls = class_keys.topk(self.ways, dim=1, largest=False).indices  # (count, ways)
-        keys = torch.rand(count, self.ways, self.table.shape[1], generator=gen)
-        keys = keys.masked_fill(~self.valid[cls], 2.0)  # padding never wins
+        keys = torch.rand(count, self.ways, width, generator=gen)
+        if self._padded:
+            keys.masked_fill_(~self.valid[cls], 2.0)  # padding never wins
         pick = keys.topk(n, dim=2, largest=False).indices  # (count, ways, n)
-        return torch.gather(self.table[cls], 2, pick)
+        # one flat lookup, table[cls, pick], instead of an index followed by a gather
+        return torch.take(self._flat_table, torch.add(pick, cls.unsqueeze(-1), alpha=width))
 
 
 def episode_labels(count: int, ways: int, per_class: int, device=None) -> torch.Tensor:

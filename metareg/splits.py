@@ -40,7 +40,10 @@ class TensorImages(ImageStore):
         return self.images.shape[0]
 
     def gather(self, index: torch.Tensor) -> torch.Tensor:
-        return self.images[index]
+        # index_select over rows is a plain row copy, several times faster than advanced indexing
+        index = torch.as_tensor(index, device=self.images.device)
+        flat = self.images.index_select(0, index.reshape(-1))
+        return flat.view(*index.shape, *self.images.shape[1:])
 
 
 class LazyImages(ImageStore):

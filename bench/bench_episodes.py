@@ -1,0 +1,191 @@
+"""Episode sampling speed: metareg's EpisodeSampler vs learn2learn's Taskset, same data, same run.
+
+Data: the real Omniglot background set (964 characters x 20 drawings, 28x28), the
+same images as ``shared/bench/learn2learn_reference.py`` uses (float32 in [0, 1]).
+Episodes: 5-way, 5 shots + 15 queries (20 samples per class).
+
+Measured:
+  indexing      building the per-class index tables (metareg: EpisodeSampler(...);
+                learn2learn: MetaDataset + Taskset with its transforms)
+  one-at-a-time episodes/s drawing one episode and gathering its images, split into
+                support/query with class-major labels
+  batched       metareg only: 32 episodes per draw (one index tensor, one gather)
+
+learn2learn's loop is the one in the reference script: Taskset.sample() with
+NWays / KShots / LoadData / RemapLabels / ConsecutiveLabels, then the support/query
+split. When learn2learn is not importable only metareg's figures are printed, with the
+ratio against the figure recorded in shared/bench/README.md (clearly marked).
+
+Usage: python bench/bench_episodes.py [--zip PATH] [--seconds 5] [--tasks 32]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+import metareg
+from metareg.episodes import EpisodeSampler, episode_labels, generator, split_episodes
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("METAREG_SHARED", ROOT.parent / "shared"))
+REFERENCE_L2L_EPS = 242.0  # shared/bench/README.md, 2-core CPU, same loop (used only without learn2learn)
+REFERENCE_L2L_INDEX_S = 5.0
+
+
+def timed(step, seconds: float) -> float:
+    for _ in range(5):
+        step()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def load_omniglot(path: Path):
+    from metareg_datasets.omniglot import load_set
+
+    t0 = time.perf_counter()
+    a = load_set(path, 28)
+    seconds = time.perf_counter() - t0
+    x_u8 = torch.from_numpy(a["images"])
+    y = torch.from_numpy(a["labels"]).long()
+    return x_u8, y, [str(c) for c in a["classes"]], seconds
+
+
+def bench_metareg(x, x_u8, y, classes, ways, shots, queries, tasks, seconds):
+    out = {}
+    t0 = time.perf_counter()
+    sampler = EpisodeSampler(y, classes, ways=ways, shots=shots, queries=queries, split="train")
+    out["index_s"] = time.perf_counter() - t0
+    gen = generator("bench", 0)
+    store_u8 = metareg.TensorImages(x_u8)  # what a ClassSplit holds
+
+    class store_f:  # the same gather over the float32 copy learn2learn is given
+        @staticmethod
+        def gather(idx):
+            return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
+    ys1, yq1 = episode_labels(1, ways, shots), episode_labels(1, ways, queries)
+
+    def draw(store, count):
+        # split the index tensor, not the images: each part is gathered straight into its final layout
+        idx = sampler.sample(count, gen)
+        return store.gather(idx[:, :, :shots].reshape(count, -1)), store.gather(idx[:, :, shots:].reshape(count, -1))
+
+    def one():
+        support, query = draw(store_f, 1)
+        return support, ys1, query, yq1
+
+    def one_u8():  # the core's storage: uint8, converted to float after the gather
+        support, query = draw(store_u8, 1)
+        return support.float().div_(255), ys1, query.float().div_(255), yq1
+
+    def one_gather_then_split():  # gather the (1, ways, n) block, then split the images
+        idx = sampler.sample(1, gen)
+        support, query = split_episodes(store_f.gather(idx), shots)
+        return support, ys1, query, yq1
+
+    ysb, yqb = episode_labels(tasks, ways, shots), episode_labels(tasks, ways, queries)
+
+    def batch():
+        support, query = draw(store_f, tasks)
+        return support, ysb, query, yqb
+
+    out["eps_one"] = timed(one, seconds)
+    out["eps_one_uint8"] = timed(one_u8, seconds)
+    out["eps_one_split_after"] = timed(one_gather_then_split, seconds)
+    out["eps_batched"] = timed(batch, seconds) * tasks
+    s, _, q, _ = batch()
+    assert s.shape == (tasks, ways * shots, 1, 28, 28) and q.shape == (tasks, ways * queries, 1, 28, 28)
+    return out
+
+
+def bench_l2l(x, y, ways, shots, queries, seconds):
+    import learn2learn as l2l
+
+    out = {"version": getattr(l2l, "__version__", "?")}
+    n = shots + queries
+    t0 = time.perf_counter()
+    ds = l2l.data.MetaDataset(torch.utils.data.TensorDataset(x, y))
+    tf = [
+        l2l.data.transforms.NWays(ds, ways),
+        l2l.data.transforms.KShots(ds, n),
+        l2l.data.transforms.LoadData(ds),
+        l2l.data.transforms.RemapLabels(ds),
+        l2l.data.transforms.ConsecutiveLabels(ds),
+    ]
+    ts = l2l.data.Taskset(ds, task_transforms=tf, num_tasks=-1)
+    out["index_s"] = time.perf_counter() - t0
+
+    def one():
+        data, labels = ts.sample()
+        idx = torch.arange(data.shape[0]).view(ways, n)
+        s, q = idx[:, :shots].reshape(-1), idx[:, shots:].reshape(-1)
+        return data[s], labels[s], data[q], labels[q]
+
+    out["eps_one"] = timed(one, seconds)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--zip", type=Path, default=SHARED / "data" / "omniglot" / "images_background.zip")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--tasks", type=int, default=32)
+    ap.add_argument("--ways", type=int, default=5)
+    ap.add_argument("--shots", type=int, default=5)
+    ap.add_argument("--queries", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads for both libraries (episode tensors are tiny: extra threads only "
+                         "add synchronisation, badly so on a busy machine)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if not a.zip.is_file():
+        raise SystemExit(f"Omniglot background zip not found at {a.zip} (pass --zip or set METAREG_SHARED)")
+    torch.manual_seed(0)
+    x_u8, y, classes, load_s = load_omniglot(a.zip)
+    x = x_u8.float().div(255)  # what the reference script feeds both loops
+    cfg = f"{a.ways}-way {a.shots}-shot {a.queries}-query"
+    print(f"Omniglot background: {len(y)} images, {len(classes)} classes, 28x28 (loaded in {load_s:.2f} s, "
+          f"decoded once then cached); {cfg}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    m = bench_metareg(x, x_u8, y, classes, a.ways, a.shots, a.queries, a.tasks, a.seconds)
+    try:
+        ref = bench_l2l(x, y, a.ways, a.shots, a.queries, a.seconds)
+        measured = True
+    except ImportError as exc:
+        print(f"learn2learn is NOT importable ({exc}); comparing with the figures recorded in "
+              "shared/bench/README.md instead (not measured in this run)")
+        ref = {"index_s": REFERENCE_L2L_INDEX_S, "eps_one": REFERENCE_L2L_EPS, "version": "recorded"}
+        measured = False
+    tag = f"learn2learn {ref['version']}" + ("" if measured else " (recorded, not measured)")
+    rows = [
+        ("indexing (s)", f"{m['index_s']:.4f}", f"{ref['index_s']:.3f}",
+         f"{ref['index_s'] / m['index_s']:.0f}x faster"),
+        ("episodes/s, one at a time", f"{m['eps_one']:.0f}", f"{ref['eps_one']:.0f}",
+         f"{m['eps_one'] / ref['eps_one']:.1f}x"),
+        ("  same, uint8 store + float", f"{m['eps_one_uint8']:.0f}", "",
+         f"{m['eps_one_uint8'] / ref['eps_one']:.1f}x"),
+        ("  same, gather then split", f"{m['eps_one_split_after']:.0f}", "",
+         f"{m['eps_one_split_after'] / ref['eps_one']:.1f}x"),
+        (f"episodes/s, {a.tasks} per draw", f"{m['eps_batched']:.0f}", "",
+         f"{m['eps_batched'] / ref['eps_one']:.1f}x"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print(f"{'':{width}}  {'metareg':>10}  {tag:>12}  ratio")
+    for r in rows:
+        print(f"{r[0]:{width}}  {r[1]:>10}  {r[2]:>12}  {r[3]}")
+    ok_speed = m["eps_one"] >= 20 * ref["eps_one"]
+    ok_index = m["index_s"] < 0.5
+    print(f"targets: >= 20x learn2learn episodes/s (one at a time): {'met' if ok_speed else 'NOT met'}; "
+          f"indexing < 0.5 s: {'met' if ok_index else 'NOT met'}")
+    print(json.dumps({"metareg": m, "learn2learn": ref, "l2l_measured": measured, "config": cfg,
+                      "ratio_one": m["eps_one"] / ref["eps_one"], "ratio_batched": m["eps_batched"] / ref["eps_one"]}))
+
+
+if __name__ == "__main__":
+    main()
