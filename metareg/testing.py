@@ -65,6 +65,15 @@ def _require(condition: bool, label: str, message: str) -> None:
         raise AssertionError(f"{label}: {message}")
 
 
+def _call(label: str, what: str, fn: Callable, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except AssertionError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - name the step that failed
+        raise AssertionError(f"{label}: {what} failed: {type(exc).__name__}: {exc}") from exc
+
+
 def _grad_report(params: Iterable[tuple[str, nn.Parameter]]) -> tuple[int, int, list[str]]:
     """(parameters with a non-zero finite gradient, trainable parameters, names with non-finite gradients)."""
     reached, total, bad = 0, 0, []
@@ -452,16 +461,16 @@ def check_strategy(
         n = num_train_classes * 2
         images = torch.rand(n, channels, image_size, image_size)
         labels = torch.arange(num_train_classes).repeat(2)
-        out = strategy.labelled_loss(images, labels)
         where = f"{label}.labelled_loss"
+        out = _call(where, "a labelled training batch", strategy.labelled_loss, images, labels)
     else:
         _require(
             strategy.train_batches == "episodes",
             label,
             f"train_batches must be 'episodes' or 'labelled', got {strategy.train_batches!r}",
         )
-        out = strategy.loss(episodes)
         where = f"{label}.loss"
+        out = _call(label, "loss on a training episode batch", strategy.loss, episodes)
     _require(isinstance(out, metareg.StepOutput), where, f"must return a metareg.StepOutput, got {type(out).__name__}")
     loss, logits, labels = out
     _require(isinstance(loss, torch.Tensor) and loss.dim() == 0, where, f"loss must be a scalar tensor, got {loss!r}")
@@ -491,15 +500,12 @@ def check_strategy(
             meta_batch=meta_batch, ways=ways, shots=shots, queries=queries, channels=channels,
             image_size=image_size, seed=1)),
         ("a prediction batch with uneven support counts and no query labels", make_episodes(
-            meta_batch=meta_batch, ways=ways, shots=[1 + (i % 3) for i in range(ways)], queries=queries,
+            meta_batch=meta_batch, ways=ways, shots=[1] + [2] * (ways - 1), queries=queries,
             channels=channels, image_size=image_size, labelled=False, seed=2)),
     ]
     for what, batch in cases:
         with torch.set_grad_enabled(grad):
-            try:
-                logits = strategy(batch)
-            except Exception as exc:  # noqa: BLE001 - name the case that failed
-                raise AssertionError(f"{label}: forward on {what} failed: {type(exc).__name__}: {exc}") from exc
+            logits = _call(label, f"forward on {what}", strategy, batch)
         expected = (batch.query.shape[0], batch.query.shape[1], batch.ways)
         _require(
             isinstance(logits, torch.Tensor) and tuple(logits.shape) == expected,
