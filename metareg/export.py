@@ -16,8 +16,9 @@ Formats:
   e.g. ``{"head": "prototypes", "distance": "euclidean", "temperature": 1.0}``.
 
 Image inputs of the torchscript and onnx files are pixels as read from files: converted
-to the model's channels, resized to ``image_size`` and scaled to ``[0, 1]``; inversion
-(``invert`` in the metadata) and the transform's evaluation step happen inside.
+to the model's channels, resized to ``image_size`` (with the PIL filter named in
+``inputs.resize``) and scaled to ``[0, 1]``; inversion (``inputs.invert``) and the
+transform's evaluation step happen inside.
 """
 from __future__ import annotations
 
@@ -115,12 +116,15 @@ class EmbeddingModule(nn.Module):
 def describe(model, invert: bool) -> dict[str, Any]:
     """The metadata every export carries: what the model is and how to feed it."""
     head = model.strategy.export_head()
+    data = model.meta.get("data", {}) if isinstance(model.meta, dict) else {}
+    resample = str((data.get("info") or {}).get("resample", "bilinear")).lower()
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,
         "metareg": model.meta,
         "inputs": {"channels": model.task.channels, "image_size": model.task.image_size,
-                   "color": "L" if model.task.channels == 1 else "RGB", "scale": "pixels / 255", "invert": invert},
+                   "color": "L" if model.task.channels == 1 else "RGB", "resize": resample,
+                   "scale": "pixels / 255", "invert": invert},
         "feature_dim": model.task.feature_dim,
         "head": _head_info(head),
     }

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from metareg.errors import CheckpointError, DataError, OptionError
 
@@ -125,7 +124,10 @@ def _open(path: Path):
     return image
 
 
-def _pil_to_uint8(image, channels: int, size: int) -> torch.Tensor:
+RESAMPLE = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+
+
+def _pil_to_uint8(image, channels: int, size: int, resample: str = "bilinear") -> torch.Tensor:
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
@@ -135,30 +137,32 @@ def _pil_to_uint8(image, channels: int, size: int) -> torch.Tensor:
         image = Image.alpha_composite(white, rgba)
     image = image.convert(mode)
     if image.size != (size, size):
-        image = image.resize((size, size), Image.BILINEAR)
+        image = image.resize((size, size), getattr(Image.Resampling, resample.upper()))
     import numpy as np
 
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return array.unsqueeze(0) if channels == 1 else array.permute(2, 0, 1).contiguous()
 
 
-def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str) -> torch.Tensor:
+def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resample: str) -> torch.Tensor:
+    """A tensor image goes through PIL like a file, so it is resized exactly as files are."""
+    from PIL import Image
+
     x = torch.as_tensor(x).detach().cpu()
     if x.dim() == 2:
         x = x.unsqueeze(0)
     if x.dim() != 3 or x.shape[0] not in (1, 3, 4):
-        raise DataError(f"{name}: an image tensor must be (H, W) or (C, H, W) with 1 or 3 channels, "
+        raise DataError(f"{name}: an image tensor must be (H, W) or (C, H, W) with 1, 3 or 4 channels, "
                         f"got shape {tuple(x.shape)}")
-    x = x.float() / 255 if not x.is_floating_point() else x.float().clamp(0, 1)
-    x = x[:3]
-    if x.shape[0] != channels:
-        x = x.mean(0, keepdim=True) if channels == 1 else x.expand(3, -1, -1)
-    if tuple(x.shape[1:]) != (size, size):
-        x = F.interpolate(x.unsqueeze(0), size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-    return (x * 255).round().to(torch.uint8)
+    if x.is_floating_point():
+        x = (x.float().clamp(0, 1) * 255).round()
+    x = x.to(torch.uint8).permute(1, 2, 0).numpy()
+    image = Image.fromarray(x[:, :, 0] if x.shape[2] == 1 else x)  # L, RGB or RGBA
+    return _pil_to_uint8(image, channels, size, resample)
 
 
-def load_image(item: Any, channels: int, image_size: int, name: str | None = None) -> torch.Tensor:
+def load_image(item: Any, channels: int, image_size: int, name: str | None = None,
+               resample: str = "bilinear") -> torch.Tensor:
     """One image (a path, a PIL image, or a tensor/array in [0, 1] or uint8) as uint8 ``(C, S, S)``."""
     from PIL import Image
 
@@ -166,11 +170,11 @@ def load_image(item: Any, channels: int, image_size: int, name: str | None = Non
         path = Path(item)
         if not path.is_file():
             raise DataError(f"image {str(path)!r} does not exist")
-        return _pil_to_uint8(_open(path), channels, image_size)
+        return _pil_to_uint8(_open(path), channels, image_size, resample)
     if isinstance(item, Image.Image):
-        return _pil_to_uint8(item, channels, image_size)
+        return _pil_to_uint8(item, channels, image_size, resample)
     if isinstance(item, torch.Tensor) or hasattr(item, "__array__"):
-        return _tensor_to_uint8(torch.as_tensor(item), channels, image_size, name or "image")
+        return _tensor_to_uint8(torch.as_tensor(item), channels, image_size, name or "image", resample)
     raise DataError(f"{name or 'image'}: cannot use a {type(item).__name__} as an image; "
                     "pass a file path, a PIL image or a tensor")
 
@@ -245,6 +249,10 @@ class FewShotClassifier:
         data = model.meta.get("data", {}) if isinstance(model.meta, dict) else {}
         info = data.get("info", {}) if isinstance(data, dict) else {}
         self.invert = bool(info.get("invert", False)) if invert is None else bool(invert)
+        # The filter the dataset resized its images with (info["resample"], e.g. "box"), else bilinear.
+        self.resample = str(info.get("resample", "bilinear")).lower()
+        if self.resample not in RESAMPLE:
+            self.resample = "bilinear"
         self.batch_size = int(batch_size)
         self.digest, self.source = digest, source
         self.classes: list[str] | None = None
@@ -299,7 +307,7 @@ class FewShotClassifier:
         names = names or [_describe(x, i) for i, x in enumerate(items)]
         out = torch.empty(len(items), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         for i, (item, name) in enumerate(zip(items, names, strict=True)):
-            out[i] = load_image(item, self.channels, self.image_size, name)
+            out[i] = load_image(item, self.channels, self.image_size, name, self.resample)
         return out
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -342,7 +350,7 @@ class FewShotClassifier:
     def _cache_key(self, classes: list[str], items: Mapping[str, Sequence[Any]]) -> str:
         h = hashlib.blake2b(digest_size=20)
         parts = [CACHE_FORMAT, CACHE_VERSION, self.digest or "unknown-model", self.strategy_name,
-                 self.channels, self.image_size, self.invert, json.dumps(classes)]
+                 self.channels, self.image_size, self.invert, self.resample, json.dumps(classes)]
         h.update(repr(parts).encode())
         for name, xs in items.items():
             for x in xs:

@@ -130,8 +130,8 @@ def test_torchscript_round_trip_without_metareg(setup, tmp_path):
     with torch.no_grad():
         features = clf.strategy.backbone(clf.prepare(clf.load_images(sorted(query.iterdir()))))
     assert torch.allclose(torch.tensor(got["features"]), features, atol=1e-5)
-    assert got["meta"]["inputs"] == {"channels": 1, "image_size": 16, "color": "L", "scale": "pixels / 255",
-                                     "invert": clf.invert}
+    assert got["meta"]["inputs"] == {"channels": 1, "image_size": 16, "color": "L", "resize": "bilinear",
+                                     "scale": "pixels / 255", "invert": clf.invert}
 
 
 def test_onnx_round_trip(setup, tmp_path):

@@ -25,6 +25,7 @@ VAL_ALPHABETS = ["Tagalog"]
 TEST_ALPHABETS = ["Alphabet_of_the_Magi"]
 PER_CHARACTER = 10  # of the 20 drawings of each character: enough to train on, half the decoding
 UNSEEN = "Bengali"  # support and query images for prediction: never used in training
+BAR = 0.52  # accuracy required on 5-way unseen characters (chance: 0.20; measured: 0.72)
 _TRAINED: dict[str, Path] = {}
 # Tests that use the `trained` fixture: the first one trains for a few seconds (once per session).
 def _trains(test):
@@ -40,7 +41,7 @@ def _omniglot_dataset(zip_path: Path, size: int = 28) -> metareg.FewShotDataset:
     classes = sorted({"/".join(n.split("/")[1:3]) for n in names})
     index = {c: i for i, c in enumerate(classes)}
     images = np.stack([
-        255 - np.asarray(Image.open(io.BytesIO(z.read(n))).convert("L").resize((size, size), Image.BILINEAR))
+        255 - np.asarray(Image.open(io.BytesIO(z.read(n))).convert("L").resize((size, size), Image.BOX))
         for n in names
     ])
     labels = np.array([index["/".join(n.split("/")[1:3])] for n in names])
@@ -48,7 +49,9 @@ def _omniglot_dataset(zip_path: Path, size: int = 28) -> metareg.FewShotDataset:
               for split, alphabets in (("train", TRAIN_ALPHABETS), ("validation", VAL_ALPHABETS),
                                        ("test", TEST_ALPHABETS))}
     ds = metareg.FewShotDataset.from_arrays(images, labels, name="omniglot", class_names=classes, splits=splits)
-    ds.info["invert"] = True  # the PNG files are black strokes on white
+    # What predict needs to prepare files as this data was: the PNGs are black strokes on white
+    # (stored inverted) and were shrunk with a box filter, as the omniglot dataset plugin does.
+    ds.info.update(invert=True, resample="box")
     return ds
 
 
@@ -110,8 +113,9 @@ def test_predict_cli_on_unseen_omniglot_alphabet(trained, omniglot_zip, tmp_path
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
         assert r["predicted"] == classes[int(np.argmax(probs))]
     # 5-way: chance is 20%. This lightly trained model (30 steps on three other alphabets) scores
-    # 60-70% on unseen Bengali characters here; the bar leaves room for other torch builds.
-    assert _accuracy(rows) >= 0.44, _accuracy(rows)
+    # 72% on these 25 unseen Bengali queries here; the bar leaves room for other torch builds.
+    print(f"5-way accuracy on unseen {UNSEEN} characters: {_accuracy(rows):.2f}")
+    assert _accuracy(rows) >= BAR, _accuracy(rows)
     # the terminal table: one line per query with the predicted class and each class's probability
     assert all(c in result.output for c in classes)
     assert sum(1 for line in result.output.splitlines() if line.startswith(str(query))) == 25
@@ -121,14 +125,14 @@ def test_predict_cli_on_unseen_omniglot_alphabet(trained, omniglot_zip, tmp_path
 def test_invert_comes_from_the_checkpoint_and_matters(trained, omniglot_zip, tmp_path):
     support, query = _unseen_folders(omniglot_zip, tmp_path)
     clf = metareg.FewShotClassifier.from_checkpoint(trained)
-    assert clf.invert is True  # recorded from the dataset's info at training time
+    assert clf.invert is True and clf.resample == "box"  # recorded from the dataset's info at training time
     accs = {}
     for invert in (True, False):
         clf = metareg.FewShotClassifier.from_checkpoint(trained, invert=invert).fit(support)
         preds = clf.predict([query])
         accs[invert] = sum(Path(p.source).parent.name == p.label for p in preds) / len(preds)
     assert clf.invert is False
-    assert accs[True] >= 0.44
+    assert accs[True] >= BAR
 
 
 @_trains
@@ -168,7 +172,9 @@ def test_python_api_accepts_images_in_memory(trained, omniglot_zip, tmp_path):
     assert torch.allclose(clf.predict_proba([Image.open(f) for f in files]), expected, atol=1e-5)
     # tensors: (H, W) uint8 arrays as read from the files
     arrays = [np.asarray(Image.open(f).convert("L")) for f in files]
-    assert torch.allclose(clf.predict_proba([torch.from_numpy(a) for a in arrays]), expected, atol=2e-2)
+    assert torch.allclose(clf.predict_proba([torch.from_numpy(a.copy()) for a in arrays]), expected, atol=1e-5)
+    floats = [torch.from_numpy(a.copy()).float().div(255).unsqueeze(0) for a in arrays]  # (1, H, W) in [0, 1]
+    assert torch.allclose(clf.predict_proba(floats), expected, atol=1e-5)
     preds = clf.predict([Image.open(files[0])])
     assert preds[0].label in clf.classes and preds[0].confidence == max(preds[0].probabilities.values())
 
