@@ -126,13 +126,19 @@ def test_invert_comes_from_the_checkpoint_and_matters(trained, omniglot_zip, tmp
     support, query = _unseen_folders(omniglot_zip, tmp_path)
     clf = metareg.FewShotClassifier.from_checkpoint(trained)
     assert clf.invert is True and clf.resample == "box"  # recorded from the dataset's info at training time
-    accs = {}
-    for invert in (True, False):
+    accs, probs = {}, {}
+    for invert in (True, False):  # --invert / --no-invert override what the checkpoint says
         clf = metareg.FewShotClassifier.from_checkpoint(trained, invert=invert).fit(support)
         preds = clf.predict([query])
         accs[invert] = sum(Path(p.source).parent.name == p.label for p in preds) / len(preds)
+        probs[invert] = torch.tensor([list(p.probabilities.values()) for p in preds])
     assert clf.invert is False
     assert accs[True] >= BAR
+    assert (probs[True] - probs[False]).abs().max() > 0.05  # the images the model sees really differ
+    result = _invoke("predict", "-c", trained, "-s", support, "-q", query, "--no-invert", "-o", tmp_path / "n.csv")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "n.csv").open()))
+    assert [r["predicted"] for r in rows] == [p.label for p in preds]
 
 
 @_trains
