@@ -101,6 +101,8 @@ def describe(factory: Callable, hide: tuple[str, ...] = INJECTED) -> list[Option
         hints = typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - unresolved forward references: fall back to text
         hints = {}
+    if getattr(hints.get("return"), "__name__", None) == "FewShotDataset":
+        hide = ()  # nothing is injected into a dataset: its channels / image_size are the user's options
     helps = _param_help(factory)
     options = []
     for p in sig.parameters.values():

@@ -44,10 +44,22 @@ def test_list_and_info_show_every_dataset():
                          ("imagefolder", "ratios")]:
         res = runner.invoke(cli, ["info", "datasets", name], catch_exceptions=False)
         assert res.exit_code == 0 and option in res.output
+        assert "image_size" in res.output  # a dataset's own size option is shown, not hidden as "injected"
         # every listed option has a help line
         rows = [r for r in res.output.splitlines()[res.output.splitlines().index(
             next(r for r in res.output.splitlines() if r.strip().startswith("NAME"))) + 1:] if r.strip()]
         assert rows and all(len(r.split()) >= 4 for r in rows), rows
+
+
+def test_dataset_size_and_channel_options_bind():
+    from metareg_datasets.glyphs import glyphs
+
+    from metareg.options import bind
+
+    assert bind(glyphs, {"image_size": "32"}, component="dataset 'glyphs'")["image_size"] == 32
+    assert bind(imagefolder, {"root": "x", "channels": "1"}, component="dataset 'imagefolder'")["channels"] == 1
+    with pytest.raises(metareg.OptionError, match="channels"):
+        bind(imagefolder, {"root": "x", "channels": "2"}, component="dataset 'imagefolder'")
 
 
 # ---------------------------------------------------------------- omniglot (real file)
