@@ -30,6 +30,15 @@ ALLOWED: frozenset[tuple[str, str]] = frozenset(
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),  # bytes in protocol 0-2 pickles
+        # Inert types, e.g. the default factory of a pickled defaultdict(list).
+        ("builtins", "list"),
+        ("builtins", "dict"),
+        ("builtins", "tuple"),
+        ("builtins", "int"),
+        ("builtins", "float"),
+        ("builtins", "str"),
+        ("builtins", "bool"),
+        ("builtins", "bytes"),
         ("builtins", "set"),
         ("builtins", "frozenset"),
         ("builtins", "bytearray"),

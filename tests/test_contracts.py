@@ -31,8 +31,8 @@ CONTRACT_OPTIONS: dict[tuple[str, str], dict] = {
     ("backbones", "resnet12"): {"options": {"widths": (8, 8, 16, 16)}},
     ("backbones", "resnet18"): {"options": {"width": 8}},
     ("backbones", "wrn28"): {"options": {"depth": 10, "widen_factor": 1}},
-    ("backbones", "l2l-resnet12"): {"options": {"hidden_size": 16}, "shapes": [(3, 32, 32)]},
-    ("backbones", "l2l-wrn28"): {"options": {"widen_factor": 1}, "shapes": [(3, 32, 32)]},
+    ("backbones", "l2l-resnet12"): {"options": {"wider": False, "dropblock_dropout": 0.0}},
+    ("backbones", "l2l-wrn28"): {"shapes": [(3, 84, 84)], "batch": 1},  # learn2learn's WRN-28 needs 84 px
 }
 
 
