@@ -108,7 +108,7 @@ def crammer_singer_svm(
     *,
     c: float = 0.1,
     iterations: int = 50,
-    polish_steps: int = 3,
+    polish_steps: int = 10,
     exact: bool = True,
     ridge: float = 1.0,
     return_alpha: bool = False,
