@@ -147,7 +147,14 @@ class FewShotDataset:
         x = torch.as_tensor(images)
         y = torch.as_tensor(labels).long()
         if x.is_floating_point():
-            x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+            if len(x) and (x.min() < 0 or x.max() > 1):
+                raise DataError(
+                    f"float images must lie in [0, 1], got values in [{float(x.min()):g}, {float(x.max()):g}]; "
+                    "divide by 255 or pass uint8 images"
+                )
+            x = (x * 255).round().to(torch.uint8)
+        elif x.dtype != torch.uint8:
+            raise DataError(f"images must be uint8 (0..255) or floats in [0, 1], got {x.dtype}")
         if x.dim() == 3:
             x = x.unsqueeze(1)
         elif x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -156,8 +163,16 @@ class FewShotDataset:
             raise DataError(f"images must be square (N, C, H, W) with 1 or 3 channels, got {tuple(x.shape)}")
         if len(x) != len(y):
             raise DataError(f"{len(x)} images but {len(y)} labels")
+        if y.dim() != 1:
+            raise DataError(f"labels must be one integer class id per image, got shape {tuple(y.shape)}")
+        if len(y) and y.min() < 0:
+            raise DataError(f"class ids must be non-negative, got {int(y.min())}")
         ids = torch.unique(y).tolist()
+        if not ids:
+            raise DataError("from_arrays needs at least one image")
         names = list(class_names) if class_names is not None else [str(i) for i in range(max(ids) + 1)]
+        if len(names) <= max(ids):
+            raise DataError(f"labels go up to {max(ids)} but only {len(names)} class_names were given")
         if splits is None:
             splits = split_classes(ids, ratios, seed)
         parts = {}
@@ -166,9 +181,11 @@ class FewShotDataset:
             missing = [c for c in chosen if c not in ids]
             if missing:
                 raise DataError(f"{split} split names class {missing[0]!r}, which has no images")
-            mask = torch.isin(y, torch.tensor(chosen, dtype=torch.long))
-            remap = {c: i for i, c in enumerate(chosen)}
-            local = torch.tensor([remap[int(c)] for c in y[mask]], dtype=torch.long)
+            lut = torch.full((max(ids) + 1,), -1, dtype=torch.long)
+            lut[torch.tensor(chosen, dtype=torch.long)] = torch.arange(len(chosen))
+            local = lut[y]
+            mask = local >= 0
+            local = local[mask]
             parts[split] = ClassSplit(x[mask].contiguous(), local, [names[c] for c in chosen])
         return cls(name, parts["train"], parts["validation"], parts["test"], x.shape[1], x.shape[2])
 

@@ -450,3 +450,9 @@ def test_from_arrays_errors():
                                                                     "test": [2]})
     with pytest.raises(metareg.DataError, match="square"):
         metareg.FewShotDataset.from_arrays(np.zeros((6, 8, 9), np.uint8), np.arange(6))
+    with pytest.raises(metareg.DataError, match=r"\[0, 1\]"):
+        metareg.FewShotDataset.from_arrays(np.full((6, 8, 8), 200.0), np.arange(6))
+    with pytest.raises(metareg.DataError, match="non-negative"):
+        metareg.FewShotDataset.from_arrays(x, np.array([0, 1, 2, 3, 4, -1]))
+    with pytest.raises(metareg.DataError, match="class_names"):
+        metareg.FewShotDataset.from_arrays(x, np.arange(6), class_names=["a", "b"])
