@@ -10,10 +10,19 @@ prediction time), and ``predict(images)`` answers query batches with
 evaluated.
 
 Images go through the same preparation as the training data: converted to the
-model's channels (``L`` or ``RGB``, transparency flattened onto white), resized to
-the model's square ``image_size``, scaled to ``[0, 1]``, inverted when the training
-data stored ink as bright pixels on dark background while files show dark strokes on
-white (``invert``), then ``transform.evaluate``.
+model's channels (``L`` or ``RGB``, transparency flattened onto white), cropped to
+their centre square when not square, resized to the model's ``image_size``, scaled to
+``[0, 1]``, inverted when the training data stored ink as bright pixels on dark
+background while files show dark strokes on white, then ``transform.evaluate``.
+What the dataset did is read from the checkpoint (the dataset's ``FewShotDataset.info``,
+saved under ``meta["data"]["info"]``):
+
+- ``info["invert"]`` (bool, default False): the dataset stored ``255 - pixel`` of its
+  files (Omniglot PNGs are black on white, metareg stores ink as 255);
+- ``info["resample"]`` (PIL filter name, default ``"bilinear"``; ``"box"`` for omniglot);
+- ``info["crop"]`` (``"center"``, the default, or ``"none"`` to stretch non-square images).
+
+``invert`` can be overridden (``--invert/--no-invert``).
 
 Every input is checked (folders, class counts, every image decoded) before any
 model work starts; problems raise :class:`metareg.DataError` naming the file.
@@ -127,7 +136,7 @@ def _open(path: Path):
 RESAMPLE = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
-def _pil_to_uint8(image, channels: int, size: int, resample: str = "bilinear") -> torch.Tensor:
+def _pil_to_uint8(image, channels: int, size: int, resample: str = "bilinear", crop: str = "center") -> torch.Tensor:
     from PIL import Image
 
     mode = "L" if channels == 1 else "RGB"
@@ -136,15 +145,20 @@ def _pil_to_uint8(image, channels: int, size: int, resample: str = "bilinear") -
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     image = image.convert(mode)
-    if image.size != (size, size):
-        image = image.resize((size, size), getattr(Image.Resampling, resample.upper()))
+    w, h = image.size
+    box = None
+    if crop == "center" and w != h:  # the centre square, as the imagefolder dataset crops
+        side = min(w, h)
+        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+    if (w, h) != (size, size):
+        image = image.resize((size, size), getattr(Image.Resampling, resample.upper()), box=box)
     import numpy as np
 
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return array.unsqueeze(0) if channels == 1 else array.permute(2, 0, 1).contiguous()
 
 
-def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resample: str) -> torch.Tensor:
+def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resample: str, crop: str) -> torch.Tensor:
     """A tensor image goes through PIL like a file, so it is resized exactly as files are."""
     from PIL import Image
 
@@ -158,11 +172,11 @@ def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resam
         x = (x.float().clamp(0, 1) * 255).round()
     x = x.to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(x[:, :, 0] if x.shape[2] == 1 else x)  # L, RGB or RGBA
-    return _pil_to_uint8(image, channels, size, resample)
+    return _pil_to_uint8(image, channels, size, resample, crop)
 
 
 def load_image(item: Any, channels: int, image_size: int, name: str | None = None,
-               resample: str = "bilinear") -> torch.Tensor:
+               resample: str = "bilinear", crop: str = "center") -> torch.Tensor:
     """One image (a path, a PIL image, or a tensor/array in [0, 1] or uint8) as uint8 ``(C, S, S)``."""
     from PIL import Image
 
@@ -170,11 +184,11 @@ def load_image(item: Any, channels: int, image_size: int, name: str | None = Non
         path = Path(item)
         if not path.is_file():
             raise DataError(f"image {str(path)!r} does not exist")
-        return _pil_to_uint8(_open(path), channels, image_size, resample)
+        return _pil_to_uint8(_open(path), channels, image_size, resample, crop)
     if isinstance(item, Image.Image):
-        return _pil_to_uint8(item, channels, image_size, resample)
+        return _pil_to_uint8(item, channels, image_size, resample, crop)
     if isinstance(item, torch.Tensor) or hasattr(item, "__array__"):
-        return _tensor_to_uint8(torch.as_tensor(item), channels, image_size, name or "image", resample)
+        return _tensor_to_uint8(torch.as_tensor(item), channels, image_size, name or "image", resample, crop)
     raise DataError(f"{name or 'image'}: cannot use a {type(item).__name__} as an image; "
                     "pass a file path, a PIL image or a tensor")
 
@@ -253,6 +267,8 @@ class FewShotClassifier:
         self.resample = str(info.get("resample", "bilinear")).lower()
         if self.resample not in RESAMPLE:
             self.resample = "bilinear"
+        # Non-square images: the centre square (default), or info["crop"] == "none" to stretch them.
+        self.crop = "none" if str(info.get("crop", "center")).lower() == "none" else "center"
         self.batch_size = int(batch_size)
         self.digest, self.source = digest, source
         self.classes: list[str] | None = None
@@ -307,7 +323,7 @@ class FewShotClassifier:
         names = names or [_describe(x, i) for i, x in enumerate(items)]
         out = torch.empty(len(items), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         for i, (item, name) in enumerate(zip(items, names, strict=True)):
-            out[i] = load_image(item, self.channels, self.image_size, name, self.resample)
+            out[i] = load_image(item, self.channels, self.image_size, name, self.resample, self.crop)
         return out
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -350,7 +366,7 @@ class FewShotClassifier:
     def _cache_key(self, classes: list[str], items: Mapping[str, Sequence[Any]]) -> str:
         h = hashlib.blake2b(digest_size=20)
         parts = [CACHE_FORMAT, CACHE_VERSION, self.digest or "unknown-model", self.strategy_name,
-                 self.channels, self.image_size, self.invert, self.resample, json.dumps(classes)]
+                 self.channels, self.image_size, self.invert, self.resample, self.crop, json.dumps(classes)]
         h.update(repr(parts).encode())
         for name, xs in items.items():
             for x in xs:
