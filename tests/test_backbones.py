@@ -32,14 +32,16 @@ def _registry() -> Registry:
 
 
 def _names() -> list[str]:
-    return [p.record.name for p in _registry().components("backbones")]
+    # First-party backbones, the full shape matrix and vmap; tests/test_contracts.py runs the generic
+    # contract over every installed plugin's backbones.
+    return [p.record.name for p in _registry().components("backbones") if p.plugin.distribution == "metareg-backbones"]
 
 
 BACKBONES = _names()
 
 
 def build(name: str, channels: int, image_size: int, **options):
-    entry = _registry().get("backbones", name)
+    entry = _registry().get("backbones", f"backbones:{name}")
     factory = entry.record.load()
     given = {**SMALL.get(name, {}), **options}
     kwargs = bind(factory, given, component=name, injected={"channels": channels, "image_size": image_size})

@@ -15,12 +15,15 @@ epoch. The state depends only on the epoch number, so resuming mid-schedule from
 checkpoint lands in the right state. The optimiser must be given *all* backbone
 parameters (frozen ones included) for ``freeze_unfreeze`` to train them once they
 are unfrozen; optimisers skip parameters whose ``grad`` is ``None``.
+
+No ``channels_last`` option: bench/bench_backbones.py showed no reliable gain from
+it on CPU, and bf16 autocast was slower than fp32 on CPUs without bf16 units
+(precision is the core's ``--precision`` anyway). Measure on a GPU before adding one.
 """
 from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from torch import nn
 
 import metareg
@@ -51,7 +54,6 @@ class Backbone(nn.Module):
         self.finetune: str = "no_freeze"
         self.unfreeze_epoch: int = 0
         self.frozen: bool = False
-        self.channels_last: bool = False
 
     # -- fine-tuning schedule -------------------------------------------------
     def set_finetune(self, finetune: str, unfreeze_epoch: int) -> None:
@@ -81,12 +83,6 @@ class Backbone(nn.Module):
                     m.eval()
         return self
 
-    # -- memory format ----------------------------------------------------------
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
 
 def check_finetune(finetune: str, unfreeze_epoch: int) -> None:
     if finetune not in FINETUNE_CHOICES:
@@ -103,9 +99,8 @@ def finish(
     pretrained_on: str | None,
     finetune: str,
     unfreeze_epoch: int,
-    channels_last: bool = False,
 ) -> Backbone:
-    """Load weights, set the fine-tuning schedule and memory format: the common tail of every factory."""
+    """Load weights and set the fine-tuning schedule: the common tail of every factory."""
     from metareg_backbones.pretrained import load_pretrained
 
     check_finetune(finetune, unfreeze_epoch)
@@ -122,8 +117,5 @@ def finish(
         load_pretrained(model, pretrained, name=name, pretrained_on=pretrained_on)
     elif pretrained_on is not None:
         raise metareg.OptionError(f"{name}: pretrained_on={pretrained_on!r} needs pretrained=PATH_OR_NAME")
-    if channels_last:
-        model.channels_last = True
-        model.to(memory_format=torch.channels_last)
     model.set_finetune(finetune, unfreeze_epoch)
     return model

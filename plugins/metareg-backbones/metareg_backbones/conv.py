@@ -49,7 +49,7 @@ class Conv4(Backbone):
         self.out_features = hidden if pooled else hidden * size * size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(self._prepare(x))).flatten(1)
+        return self.pool(self.features(x)).flatten(1)
 
 
 def conv4(

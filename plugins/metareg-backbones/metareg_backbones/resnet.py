@@ -45,7 +45,7 @@ class ResNetTrunk(Backbone):
         self.out_features = net.fc.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(self._prepare(x)))))
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return x.mean(dim=(-2, -1))
 

@@ -107,7 +107,7 @@ class ResNet12(Backbone):
         self.out_features = cin if pooled else cin * size * size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self._prepare(x))
+        x = self.blocks(x)
         return x.mean(dim=(-2, -1)) if self.pooled else x.flatten(1)
 
 

@@ -51,7 +51,7 @@ class WideResNet(Backbone):
         self.out_features = cin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.conv1(self._prepare(x)))
+        x = self.blocks(self.conv1(x))
         return F.relu(self.bn(x)).mean(dim=(-2, -1))
 
 

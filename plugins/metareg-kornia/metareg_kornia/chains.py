@@ -191,7 +191,7 @@ def lee2019(
     channels: int = 3,
     image_size: int = 84,
     crop: Literal["padded", "resized", "none"] = "padded",
-    padding: int = 8,
+    padding: int | None = None,
     scale: tuple[float, float] = (0.08, 1.0),
     flip_p: float = 0.5,
     jitter: float = 0.4,
@@ -205,7 +205,7 @@ def lee2019(
 
     crop: padded (random crop after zero-padding by `padding`, MetaOptNet), resized (random resized crop with
         area `scale`, as in many later papers) or none.
-    padding: pixels of padding for crop=padded (8 for 84x84 images).
+    padding: pixels of padding for crop=padded; default: a tenth of the image size (8 for 84x84, as MetaOptNet).
     scale: range of the cropped area fraction for crop=resized.
     flip_p: probability of a horizontal flip.
     jitter: brightness, contrast and saturation jitter strength (0 disables; saturation skipped on grayscale).
@@ -217,6 +217,8 @@ def lee2019(
     import kornia.augmentation as K
 
     _check_p("lee2019", flip_p=flip_p, jitter_p=jitter_p)
+    if padding is None:
+        padding = max(1, round(image_size / 10))
     if padding < 0:
         raise metareg.OptionError(f"lee2019: padding must be >= 0, got {padding}")
     scale = tuple(scale)
