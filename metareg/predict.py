@@ -211,8 +211,17 @@ def _fingerprint(item: Any) -> str:
     else:
         t = torch.as_tensor(item).detach().cpu().contiguous()
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return "data:" + h.hexdigest()
+
+
+def _weights_digest(*modules) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for module in modules:
+        for name, value in module.state_dict().items():
+            h.update(name.encode())
+            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return h.hexdigest()
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -295,8 +304,7 @@ class FewShotClassifier:
             from metareg.checkpoint import load_model
 
             model = load_model(path)
-        return cls(model, device=device, invert=invert, batch_size=batch_size, digest=file_digest(path),
-                   source=os.fspath(path))
+        return cls(model, device=device, invert=invert, batch_size=batch_size, source=os.fspath(path))
 
     # ------------------------------------------------------------------ preparation
     @property
@@ -365,7 +373,9 @@ class FewShotClassifier:
 
     def _cache_key(self, classes: list[str], items: Mapping[str, Sequence[Any]]) -> str:
         h = hashlib.blake2b(digest_size=20)
-        parts = [CACHE_FORMAT, CACHE_VERSION, self.digest or "unknown-model", self.strategy_name,
+        if self.digest is None:  # the model file's content, hashed only when a cache is used
+            self.digest = file_digest(self.source) if self.source else _weights_digest(self.strategy, self.transform)
+        parts = [CACHE_FORMAT, CACHE_VERSION, self.digest, self.strategy_name,
                  self.channels, self.image_size, self.invert, self.resample, self.crop, json.dumps(classes)]
         h.update(repr(parts).encode())
         for name, xs in items.items():
