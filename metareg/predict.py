@@ -220,7 +220,8 @@ def _weights_digest(*modules) -> str:
     for module in modules:
         for name, value in module.state_dict().items():
             h.update(name.encode())
-            h.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
     return h.hexdigest()
 
 
