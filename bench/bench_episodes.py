@@ -16,13 +16,14 @@ NWays / KShots / LoadData / RemapLabels / ConsecutiveLabels, then the support/qu
 split. When learn2learn is not importable only metareg's figures are printed, with the
 ratio against the figure recorded in shared/bench/README.md (clearly marked).
 
-Usage: python bench/bench_episodes.py [--zip PATH] [--seconds 5] [--tasks 32]
+Usage: python bench/bench_episodes.py [--zip PATH] [--seconds 2] [--rounds 3] [--tasks 32] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -58,11 +59,11 @@ def load_omniglot(path: Path):
     return x_u8, y, [str(c) for c in a["classes"]], seconds
 
 
-def bench_metareg(x, x_u8, y, classes, ways, shots, queries, tasks, seconds):
-    out = {}
+def metareg_steps(x, x_u8, y, classes, ways, shots, queries, tasks):
+    """Indexing time and the step functions to time (name -> (step, episodes per step))."""
     t0 = time.perf_counter()
     sampler = EpisodeSampler(y, classes, ways=ways, shots=shots, queries=queries, split="train")
-    out["index_s"] = time.perf_counter() - t0
+    index_s = time.perf_counter() - t0
     gen = generator("bench", 0)
     store_u8 = metareg.TensorImages(x_u8)  # what a ClassSplit holds
 
@@ -70,6 +71,7 @@ def bench_metareg(x, x_u8, y, classes, ways, shots, queries, tasks, seconds):
         @staticmethod
         def gather(idx):
             return x.index_select(0, idx.reshape(-1)).view(*idx.shape, *x.shape[1:])
+
     ys1, yq1 = episode_labels(1, ways, shots), episode_labels(1, ways, queries)
 
     def draw(store, count):
@@ -96,19 +98,16 @@ def bench_metareg(x, x_u8, y, classes, ways, shots, queries, tasks, seconds):
         support, query = draw(store_f, tasks)
         return support, ysb, query, yqb
 
-    out["eps_one"] = timed(one, seconds)
-    out["eps_one_uint8"] = timed(one_u8, seconds)
-    out["eps_one_split_after"] = timed(one_gather_then_split, seconds)
-    out["eps_batched"] = timed(batch, seconds) * tasks
     s, _, q, _ = batch()
     assert s.shape == (tasks, ways * shots, 1, 28, 28) and q.shape == (tasks, ways * queries, 1, 28, 28)
-    return out
+    steps = {"eps_one": (one, 1), "eps_one_uint8": (one_u8, 1), "eps_one_split_after": (one_gather_then_split, 1),
+             "eps_batched": (batch, tasks)}
+    return index_s, steps
 
 
-def bench_l2l(x, y, ways, shots, queries, seconds):
+def l2l_step(x, y, ways, shots, queries):
     import learn2learn as l2l
 
-    out = {"version": getattr(l2l, "__version__", "?")}
     n = shots + queries
     t0 = time.perf_counter()
     ds = l2l.data.MetaDataset(torch.utils.data.TensorDataset(x, y))
@@ -120,7 +119,7 @@ def bench_l2l(x, y, ways, shots, queries, seconds):
         l2l.data.transforms.ConsecutiveLabels(ds),
     ]
     ts = l2l.data.Taskset(ds, task_transforms=tf, num_tasks=-1)
-    out["index_s"] = time.perf_counter() - t0
+    index_s = time.perf_counter() - t0
 
     def one():
         data, labels = ts.sample()
@@ -128,14 +127,15 @@ def bench_l2l(x, y, ways, shots, queries, seconds):
         s, q = idx[:, :shots].reshape(-1), idx[:, shots:].reshape(-1)
         return data[s], labels[s], data[q], labels[q]
 
-    out["eps_one"] = timed(one, seconds)
-    return out
+    return getattr(l2l, "__version__", "?"), index_s, one
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zip", type=Path, default=SHARED / "data" / "omniglot" / "images_background.zip")
-    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement per round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measurements alternate between the libraries this many times; medians are reported")
     ap.add_argument("--tasks", type=int, default=32)
     ap.add_argument("--ways", type=int, default=5)
     ap.add_argument("--shots", type=int, default=5)
@@ -152,16 +152,26 @@ def main() -> None:
     x = x_u8.float().div(255)  # what the reference script feeds both loops
     cfg = f"{a.ways}-way {a.shots}-shot {a.queries}-query"
     print(f"Omniglot background: {len(y)} images, {len(classes)} classes, 28x28 (loaded in {load_s:.2f} s, "
-          f"decoded once then cached); {cfg}; torch {torch.__version__}, {torch.get_num_threads()} threads")
-    m = bench_metareg(x, x_u8, y, classes, a.ways, a.shots, a.queries, a.tasks, a.seconds)
+          f"decoded once then cached); {cfg}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
+          f"{a.rounds} rounds x {a.seconds:g} s per measurement; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs")
+    m_index, steps = metareg_steps(x, x_u8, y, classes, a.ways, a.shots, a.queries, a.tasks)
     try:
-        ref = bench_l2l(x, y, a.ways, a.shots, a.queries, a.seconds)
+        version, l_index, l_one = l2l_step(x, y, a.ways, a.shots, a.queries)
+        steps["l2l_one"] = (l_one, 1)
         measured = True
     except ImportError as exc:
         print(f"learn2learn is NOT importable ({exc}); comparing with the figures recorded in "
               "shared/bench/README.md instead (not measured in this run)")
-        ref = {"index_s": REFERENCE_L2L_INDEX_S, "eps_one": REFERENCE_L2L_EPS, "version": "recorded"}
-        measured = False
+        version, l_index, measured = "recorded", REFERENCE_L2L_INDEX_S, False
+    rates: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(a.rounds):  # alternate, so a change in machine load hits both libraries alike
+        for name, (step, per) in steps.items():
+            rates[name].append(timed(step, a.seconds) * per)
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    m = {"index_s": m_index, **{k: v for k, v in med.items() if k != "l2l_one"}}
+    ref = {"version": version, "index_s": l_index,
+           "eps_one": med["l2l_one"] if measured else REFERENCE_L2L_EPS}
     tag = f"learn2learn {ref['version']}" + ("" if measured else " (recorded, not measured)")
     rows = [
         ("indexing (s)", f"{m['index_s']:.4f}", f"{ref['index_s']:.3f}",
@@ -179,12 +189,16 @@ def main() -> None:
     print(f"{'':{width}}  {'metareg':>10}  {tag:>12}  ratio")
     for r in rows:
         print(f"{r[0]:{width}}  {r[1]:>10}  {r[2]:>12}  {r[3]}")
+    if measured:
+        per_round = [f"{mr / lr:.1f}x" for mr, lr in zip(rates["eps_one"], rates["l2l_one"], strict=True)]
+        print(f"one-at-a-time ratio per round: {', '.join(per_round)}")
     ok_speed = m["eps_one"] >= 20 * ref["eps_one"]
     ok_index = m["index_s"] < 0.5
     print(f"targets: >= 20x learn2learn episodes/s (one at a time): {'met' if ok_speed else 'NOT met'}; "
           f"indexing < 0.5 s: {'met' if ok_index else 'NOT met'}")
     print(json.dumps({"metareg": m, "learn2learn": ref, "l2l_measured": measured, "config": cfg,
-                      "ratio_one": m["eps_one"] / ref["eps_one"], "ratio_batched": m["eps_batched"] / ref["eps_one"]}))
+                      "ratio_one": m["eps_one"] / ref["eps_one"], "ratio_batched": m["eps_batched"] / ref["eps_one"],
+                      "rounds": rates}))
 
 
 if __name__ == "__main__":
