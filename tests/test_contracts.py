@@ -123,8 +123,33 @@ def _omniglot(tmp_path: Path, request) -> dict:
     return {"root": str(path)}
 
 
+def _l2l(writer: str, **options):
+    """Synthetic files in learn2learn's formats, from the plugin's own writers."""
+
+    def build(tmp_path: Path, request) -> dict:
+        synthetic = pytest.importorskip("metareg_learn2learn.synthetic")
+        if writer == "write_omniglot":  # torchvision verifies the official zips' MD5 first
+            import torchvision
+
+            request.getfixturevalue("monkeypatch").setattr(
+                torchvision.datasets.Omniglot, "_check_integrity", lambda self: True
+            )
+        return {"root": str(getattr(synthetic, writer)(tmp_path / "l2l")), **options}
+
+    return build
+
+
 # Builders of small data for datasets that read files: (tmp_path, request) -> options.
-DATASET_DATA = {"imagefolder": _imagefolder, "miniimagenet": _miniimagenet, "omniglot": _omniglot}
+DATASET_DATA = {
+    "imagefolder": _imagefolder,
+    "miniimagenet": _miniimagenet,
+    "omniglot": _omniglot,
+    "l2l-miniimagenet": _l2l("write_mini_imagenet"),
+    "l2l-tieredimagenet": _l2l("write_tiered_imagenet"),
+    "l2l-cifarfs": _l2l("write_cifarfs"),
+    "l2l-fc100": _l2l("write_fc100"),
+    "l2l-omniglot": _l2l("write_omniglot"),
+}
 
 
 @pytest.mark.parametrize("name, qualified", _params("datasets"))
