@@ -1,0 +1,278 @@
+"""Meta-training speed of metareg's strategies against learn2learn's own loops, same run, same data.
+
+Conv-4 (64 filters) on real Omniglot at 28x28 (strokes = 1), the setting of learn2learn's
+maml_omniglot example. Every mode runs in its own fresh Python process (so peak memory is
+per mode) and includes episode sampling in its step, as learn2learn's loops include theirs:
+
+  metareg-maml          5-way 1-shot 1-query, 32 tasks per step, 1 inner step, second order
+  l2l-maml              learn2learn's MAML clone/adapt loop, same work (shared/bench/learn2learn_reference.py)
+  metareg-protonet      5-way 5-shot 15-query, 32 episodes per step
+  l2l-protonet          learn2learn Taskset + ProtoNet loss, one episode per step
+  metareg-anil          as metareg-maml, only the head adapted
+  metareg-metaoptnet-svm / -ridge   5-way 5-shot 15-query, 32 episodes per step
+  metareg-default       supervised batches of 640 images (= 32 x 20), all 964 classes
+
+Targets (issue 5): MAML >= 2.5x learn2learn's steps/s on CPU (15x on a GPU); ProtoNet with 32
+episodes per step >= 3x learn2learn's per-episode loop in episodes/s on CPU (10x on a GPU).
+
+Usage:  python bench/bench_strategies.py [--seconds 5] [--device cpu|cuda] [--modes m1 m2 ...]
+        [--bf16] [--data path/to/images_background.zip]
+The first run decodes the Omniglot zip (about half a minute) into .cache/bench/omniglot28.npz.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import io
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("METAREG_SHARED", ROOT.parent / "shared"))
+REFERENCE = SHARED / "bench" / "learn2learn_reference.py"
+ZIP = SHARED / "data" / "omniglot" / "images_background.zip"
+CACHE = ROOT / ".cache" / "bench" / "omniglot28.npz"
+
+WAYS, TASKS = 5, 32
+METAREG_MODES = {
+    # mode: (strategy factory, options, shots, queries)
+    "metareg-maml": ("metareg_strategies.maml:MAML", {"adaptation_steps": 1, "adaptation_lr": 0.4}, 1, 1),
+    "metareg-protonet": ("metareg_strategies.protonet:PrototypicalNetworks", {}, 5, 15),
+    "metareg-anil": ("metareg_strategies.anil:ANIL", {"adaptation_steps": 1}, 1, 1),
+    "metareg-metaoptnet-svm": ("metareg_strategies.metaoptnet:MetaOptNet", {"base_learner": "svm"}, 5, 15),
+    "metareg-metaoptnet-ridge": ("metareg_strategies.metaoptnet:MetaOptNet", {"base_learner": "ridge"}, 5, 15),
+    "metareg-default": ("metareg_strategies.supervised:Supervised", {}, 5, 15),
+}
+L2L_MODES = ("l2l-maml", "l2l-protonet")
+DEFAULT_MODES = ["metareg-maml", "l2l-maml", "metareg-protonet", "l2l-protonet", "metareg-anil",
+                 "metareg-metaoptnet-svm", "metareg-metaoptnet-ridge", "metareg-default"]
+
+
+# ------------------------------------------------------------------ data
+def omniglot(zip_path: Path, size: int = 28):
+    """(x (N,1,S,S) float32 in [0,1], strokes = 1; y (N,) int64), cached as npz."""
+    import numpy as np
+
+    if CACHE.is_file():
+        z = np.load(CACHE)
+        return z["x"], z["y"]
+    if not zip_path.is_file():
+        raise SystemExit(f"Omniglot not found at {zip_path}; pass --data or set METAREG_SHARED")
+    from PIL import Image
+
+    with zipfile.ZipFile(zip_path) as z:
+        names = sorted(n for n in z.namelist() if n.endswith(".png"))
+        keys = sorted({tuple(n.split("/")[-3:-1]) for n in names})
+        ids = {k: i for i, k in enumerate(keys)}
+        x = np.empty((len(names), 1, size, size), np.float32)
+        y = np.empty(len(names), np.int64)
+        for i, n in enumerate(names):
+            im = Image.open(io.BytesIO(z.read(n))).convert("L").resize((size, size), Image.LANCZOS)
+            x[i, 0] = 1.0 - np.asarray(im, np.float32) / 255.0
+            y[i] = ids[tuple(n.split("/")[-3:-1])]
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(CACHE, x=x, y=y)
+    return x, y
+
+
+# ------------------------------------------------------------------ timing
+def timed(step, seconds: float, sync, warmup: int = 1, min_steps: int = 2) -> float:
+    for _ in range(warmup):
+        step()
+    sync()
+    n, t0 = 0, time.perf_counter()
+    while n < min_steps or time.perf_counter() - t0 < seconds:
+        step()
+        n += 1
+    sync()
+    return n / (time.perf_counter() - t0)
+
+
+def peak_memory(device: str) -> dict:
+    import torch
+
+    if device == "cuda":
+        return {"peak_cuda_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
+    return {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool) -> dict:
+    import contextlib
+
+    import torch
+
+    import metareg
+    from metareg.episodes import episode_labels, split_episodes
+    from metareg_backbones.conv import conv4
+
+    factory_ref, options, shots, queries = METAREG_MODES[mode]
+    module, attr = factory_ref.split(":")
+    factory = getattr(importlib.import_module(module), attr)
+    torch.manual_seed(0)
+    backbone = conv4(channels=1, image_size=28)
+    classes = [f"c{i}" for i in range(int(y.max()) + 1)]
+    task = metareg.TaskInfo(ways=WAYS, shots=shots, queries=queries, test_ways=WAYS, test_shots=shots,
+                            test_queries=queries, num_train_classes=len(classes), channels=1, image_size=28,
+                            feature_dim=backbone.out_features)
+    strategy = factory(**options)
+    strategy.setup(backbone, task)
+    strategy.to(device).train()
+    opt = torch.optim.Adam([p for p in strategy.parameters() if p.requires_grad], 1e-3)
+    images = x.to(device)
+    labels_all = y.to(device)
+    gen = torch.Generator().manual_seed(0)
+    amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    if strategy.train_batches == "labelled":
+        batch = TASKS * (shots + queries)
+
+        def step():
+            idx = torch.randint(0, len(images), (batch,), generator=gen).to(device)
+            with amp:
+                out = strategy.labelled_loss(images[idx], labels_all[idx])
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+
+        rate = timed(step, seconds, sync)
+        return {"config": f"supervised batches of {batch} images, {len(classes)} classes",
+                "steps_per_s": round(rate, 3), "images_per_s": round(rate * batch, 1)}
+
+    sampler = metareg.EpisodeSampler(y, classes, ways=WAYS, shots=shots, queries=queries, split="train")
+    support_labels = episode_labels(TASKS, WAYS, shots, device)
+    query_labels = episode_labels(TASKS, WAYS, queries, device)
+
+    def step():
+        idx = sampler.sample(TASKS, gen).to(device)
+        support, query = split_episodes(images[idx], shots)
+        episodes = metareg.EpisodeBatch(support, support_labels, query, query_labels, WAYS)
+        with amp:
+            out = strategy.loss(episodes)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+
+    rate = timed(step, seconds, sync)
+    return {"config": f"{WAYS}w{shots}s{queries}q x{TASKS} tasks" + (", 1 inner step" if "maml" in mode else ""),
+            "steps_per_s": round(rate, 3), "episodes_per_s": round(rate * TASKS, 2)}
+
+
+def run_l2l(mode: str, x, y, device: str, seconds: float) -> dict:
+    spec = importlib.util.spec_from_file_location("learn2learn_reference", REFERENCE)
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    try:
+        import learn2learn  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - reported, not fatal
+        return {"error": f"learn2learn is not importable ({type(e).__name__}: {e}); install it to compare"}
+    ref.KNOBS["tasks"] = TASKS
+    ref.timed = lambda step, secs, sync: timed(step, secs, sync, warmup=1, min_steps=1)  # l2l-maml is slow
+    r = ref.run(mode, x, y, device, seconds)
+    out = {"config": r["config"], "episodes_per_s": r["episodes_per_s"]}
+    out["steps_per_s"] = r.get("meta_iters_per_s", r["episodes_per_s"])
+    return out
+
+
+def worker(mode: str, device: str, seconds: float, bf16: bool) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    xs, ys = omniglot(ZIP)
+    x, y = torch.from_numpy(xs), torch.from_numpy(ys)
+    before = peak_memory(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        r = run_l2l(mode, x, y, device, seconds) if mode in L2L_MODES else run_metareg(mode, x, y, device, seconds,
+                                                                                     bf16)
+    except Exception as e:  # noqa: BLE001 - one failing mode must not hide the others
+        r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    r.update(peak_memory(device))
+    if device == "cpu":
+        r["rss_before_mib"] = before["peak_rss_mib"]
+    return {"mode": mode, "device": device, **r}
+
+
+# ------------------------------------------------------------------ driver
+def ratio(a: dict, b: dict, key: str) -> float | None:
+    if key in a and key in b and b[key]:
+        return a[key] / b[key]
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode (after warm-up)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=DEFAULT_MODES)
+    ap.add_argument("--bf16", action="store_true", help="metareg modes under bf16 autocast")
+    ap.add_argument("--data", type=Path, default=None, help="Omniglot images_background.zip")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    global ZIP
+    if a.data:
+        ZIP = a.data
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.device, a.seconds, a.bf16)), flush=True)
+        return
+
+    import torch
+
+    device_name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or platform.machine()
+    print(f"# bench_strategies: device={a.device} ({device_name}), torch {torch.__version__}, "
+          f"threads={torch.get_num_threads()}, cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
+          f"{a.seconds:.0f} s per mode, bf16={a.bf16}", flush=True)
+    t0 = time.perf_counter()
+    omniglot(ZIP)  # decode once, before any timing
+    print(f"# data ready ({time.perf_counter() - t0:.1f} s)", flush=True)
+    results = {}
+    for mode in a.modes:
+        cmd = [sys.executable, __file__, "--worker", mode, "--device", a.device, "--seconds", str(a.seconds)]
+        if a.data:
+            cmd += ["--data", str(a.data)]
+        if a.bf16:
+            cmd.append("--bf16")
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+        try:
+            results[mode] = json.loads(line)
+        except json.JSONDecodeError:
+            results[mode] = {"mode": mode, "error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+        print(json.dumps(results[mode]), flush=True)
+
+    print("\n| mode | config | steps/s | episodes/s | peak memory (MiB) |")
+    print("| --- | --- | --- | --- | --- |")
+    for mode, r in results.items():
+        mem = r.get("peak_cuda_mib", r.get("peak_rss_mib", ""))
+        if "error" in r:
+            print(f"| {mode} | error: {r['error']} | | | {mem} |")
+        else:
+            eps = r.get("episodes_per_s", r.get("images_per_s", ""))
+            print(f"| {mode} | {r['config']} | {r['steps_per_s']} | {eps} | {mem} |")
+    target = {"cpu": (2.5, 3.0), "cuda": (15.0, 10.0)}[a.device]
+    print()
+    for ours, theirs, key, goal, what in (
+        ("metareg-maml", "l2l-maml", "steps_per_s", target[0], "MAML steps/s"),
+        ("metareg-protonet", "l2l-protonet", "episodes_per_s", target[1], "ProtoNet episodes/s"),
+    ):
+        if ours not in results or theirs not in results:
+            continue
+        r = ratio(results[ours], results[theirs], key)
+        if r is None:
+            why = results[theirs].get("error") or results[ours].get("error")
+            print(f"{what}: no ratio ({why})")
+        else:
+            verdict = "meets" if r >= goal else "MISSES"
+            print(f"{what}: metareg / learn2learn = {r:.2f}x  (target >= {goal}x on {a.device}: {verdict})")
+
+
+if __name__ == "__main__":
+    main()
