@@ -4,8 +4,8 @@
                                   [--queries 100] [--repeats 5] [--device cpu] [--threads N]
 
 A 5-way 5-shot support folder and a batch of query PNG files on disk, a conv4 model
-(untrained: speed does not depend on the weights). Prints, each as the median of
-``--repeats`` runs:
+(untrained: speed does not depend on the weights). Prints the best and the median of
+``--repeats`` runs (taking turns, so load from other processes falls on all alike) for:
 
 - reference: the strategy's ``forward`` on one episode holding the support set and the
   queries (what evaluation does), images already decoded: the model's own cost;
@@ -57,14 +57,18 @@ def make_images(root: Path, ways: int, shots: int, queries: int, channels: int, 
     return root / "support", q
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_times(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
+    """(best, median) seconds per function; the functions take turns so that other load on the
+    machine falls on all of them alike. The best of N is the figure least disturbed by it."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
 
 
 def main() -> None:
@@ -77,7 +81,7 @@ def main() -> None:
     ap.add_argument("--source-size", type=int, default=105, help="size of the image files (resized on load)")
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     args = ap.parse_args()
@@ -95,7 +99,7 @@ def main() -> None:
         n = args.queries
         print(f"{args.strategy}, conv4 (hidden {args.hidden}), {args.channels}x{args.size}x{args.size} from "
               f"{args.source_size}px PNG files, {args.ways}-way {args.shots}-shot support, {n} queries, "
-              f"device {args.device}, torch threads {torch.get_num_threads()}; median of {args.repeats}")
+              f"device {args.device}, torch threads {torch.get_num_threads()}; {args.repeats} runs each")
 
         # reference: one evaluation episode through forward, images decoded already
         from metareg.predict import read_support_folder
@@ -110,8 +114,6 @@ def main() -> None:
             with clf._grad():
                 clf.strategy(episode)
 
-        t_ref = median_time(reference, args.repeats)
-
         def request_no_cache():
             clf.fit(support)
             clf.predict(files)
@@ -121,28 +123,29 @@ def main() -> None:
             assert clf.fitted_from_cache
             clf.predict(files)
 
-        t_nocache = median_time(request_no_cache, args.repeats)
         clf.fit(support, cache=cache)  # write the cache
-        t_cache = median_time(request_cache, args.repeats)
-
         decoded = clf.load_images(files)
-        clf.fit(support)
-        t_decoded = median_time(lambda: clf.predict_logits(decoded), args.repeats)
-        t_one = median_time(lambda: clf.predict(files[:1]), max(args.repeats, 20))
-        t_decode = median_time(lambda: clf.load_images(files), args.repeats)
 
-        rows = [
-            ("reference: forward on one episode (decoded)", t_ref, n / t_ref),
-            ("request without cache (decode + fit + predict)", t_nocache, n / t_nocache),
-            ("request with support cache", t_cache, n / t_cache),
-            ("queries already decoded, after fit", t_decoded, n / t_decoded),
-            (f"decoding {n} query files alone", t_decode, n / t_decode),
-        ]
-        for name, t, rate in rows:
-            print(f"  {name:<50} {t * 1000:8.1f} ms  {rate:9.0f} predictions/s")
-        print(f"  {'latency of one query file (after fit)':<50} {t_one * 1000:8.2f} ms")
-        print(f"  cache speed-up per request: {t_nocache / t_cache:.2f}x "
-              f"(strategy {'precomputes its support state' if clf.caches_features else 'adapts per batch'})")
+        def decoded_after_fit():
+            clf.predict_logits(decoded)
+
+        t = best_times({
+            "reference: forward on one episode (decoded)": reference,
+            "request without cache (decode + fit + predict)": request_no_cache,
+            "request with support cache": request_cache,
+            "queries already decoded, after fit": decoded_after_fit,
+            f"decoding {n} query files alone": lambda: clf.load_images(files),
+        }, args.repeats)
+        clf.fit(support)
+        t_one = best_times({"one": lambda: clf.predict(files[:1])}, max(args.repeats, 20))["one"]
+        print(f"  {'':<50} {'best ms':>9} {'pred/s':>8}   {'median ms':>9} {'pred/s':>8}")
+        for name, (best, med) in t.items():
+            print(f"  {name:<50} {best * 1000:9.1f} {n / best:8.0f}   {med * 1000:9.1f} {n / med:8.0f}")
+        print(f"  {'latency of one query file (after fit)':<50} {t_one[0] * 1000:9.2f} {'':>8}   "
+              f"{t_one[1] * 1000:9.2f}")
+        nocache, cached = t["request without cache (decode + fit + predict)"], t["request with support cache"]
+        print(f"  cache speed-up per request: {nocache[0] / cached[0]:.2f}x best, {nocache[1] / cached[1]:.2f}x "
+              f"median (strategy {'precomputes its support state' if clf.caches_features else 'adapts per batch'})")
 
 
 if __name__ == "__main__":
