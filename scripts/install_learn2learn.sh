@@ -58,6 +58,8 @@ echo "==> installing $(basename "$WHEEL") and its runtime dependencies"
 "$PY" -m pip install -q --no-deps "$WHEEL"
 "$PY" -m pip install -q "${DEPS[@]}"
 "$PY" - <<'EOF'
-import learn2learn, numpy
+import contextlib, io
+with contextlib.redirect_stderr(io.StringIO()):  # gym prints a deprecation banner on import
+    import learn2learn, numpy
 print(f"learn2learn {learn2learn.__version__} installed (numpy {numpy.__version__})")
 EOF
