@@ -53,6 +53,7 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
     clf = FewShotClassifier.from_checkpoint(checkpoint, device=device, invert=invert, batch_size=batch_size)
     start = time.perf_counter()
     query_images = clf.load_images(files)
+    decoded = time.perf_counter()
     clf.fit(support, cache=cache)
     fitted = time.perf_counter()
     probs = clf.predict_proba(query_images)
@@ -74,7 +75,8 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
                     else f"prepared support images (strategy {clf.strategy_name} adapts on them for every batch)")
             click.echo(f"support cache {cache}: {'reused' if clf.fitted_from_cache else 'written'} ({what})", err=True)
         click.echo(f"{len(rows)} queries, {len(classes)} classes, {n_support} support images; "
-                   f"support {fitted - start:.2f}s, queries {done - fitted:.2f}s", err=True)
+                   f"decoding queries {decoded - start:.2f}s, support {fitted - decoded:.2f}s, "
+                   f"predicting {done - fitted:.2f}s", err=True)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.suffix.lower() == ".json":
