@@ -295,6 +295,10 @@ class FewShotClassifier:
         """
         _device(device)  # a bad device fails before the checkpoint is read
         path = Path(path)
+        if path.is_dir():
+            hint = next((str(p) for p in (path / "checkpoints" / "last.ckpt", path / "last.ckpt") if p.is_file()), None)
+            raise CheckpointError(f"checkpoint {str(path)!r} is a folder; pass a checkpoint file"
+                                  + (f", e.g. {hint}" if hint else " such as RUN_DIR/checkpoints/last.ckpt"))
         if not path.is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
         from metareg.export import is_safetensors, load_safetensors_export

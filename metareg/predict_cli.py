@@ -15,7 +15,7 @@ OUTPUT_SUFFIXES = (".csv", ".json")
 
 
 @click.command("predict")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path),
               help="A `metareg run` checkpoint (.ckpt) or a `metareg export --format safetensors` file.")
 @click.option("--support", "-s", required=True, type=click.Path(path_type=Path),
               help="Folder with one subfolder of labelled images per class: SUPPORT/<class>/<image>.")
@@ -115,7 +115,7 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
 
 
 @click.command("export")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path),
               help="A `metareg run` checkpoint (.ckpt).")
 @click.option("--format", "-f", "fmt", type=click.Choice(["safetensors", "torchscript", "onnx"], case_sensitive=False),
               help="Default: from the output suffix (.safetensors, .pt, .onnx).")
