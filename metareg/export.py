@@ -11,9 +11,11 @@ Formats:
   query) -> probabilities (Q, ways)`` for strategies that predict from features alone
   (:meth:`metareg.Strategy.export_head`, e.g. prototypical networks); ``embed(images) ->
   features`` always. Metadata in the archive's ``extra/metareg.json``.
-- ``onnx``: the embedding network ``images (N, C, S, S) -> features (N, D)`` with a dynamic
-  batch axis; the prediction head is described in the model's metadata (``metareg`` key),
-  e.g. ``{"head": "prototypes", "distance": "euclidean", "temperature": 1.0}``.
+- ``onnx``: for class-mean heads (prototypical networks) the whole prediction,
+  ``(support, support_onehot (S, ways), query) -> (probabilities, query_features)`` with
+  dynamic support, query and ways axes; otherwise the embedding network ``images (N, C, S, S)
+  -> features (N, D)``. The model's metadata (``metareg`` key) says which (``graph``) and
+  describes the head, e.g. ``{"type": "PrototypeHead", "cosine": false, "temperature": 1.0}``.
 
 Image inputs of the torchscript and onnx files are pixels as read from files: converted
 to the model's channels, resized to ``image_size`` (with the PIL filter named in
@@ -210,6 +212,21 @@ def _export_torchscript(model, output: Path, invert: bool) -> None:
         torch.jit.save(module, os.fspath(output), _extra_files={"metareg.json": meta})
 
 
+class PrototypePipeline(nn.Module):
+    """ONNX-friendly ``(support, support_onehot, query) -> (probabilities, query_features)``: the number of
+    classes comes from the one-hot matrix's width, so it stays a dynamic axis of the graph."""
+
+    def __init__(self, embedder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.embedder, self.head = embedder, head
+
+    def forward(self, support: torch.Tensor, support_onehot: torch.Tensor, query: torch.Tensor):
+        features = self.embedder(torch.cat([support, query], 0))
+        n = support.shape[0]
+        prototypes = (support_onehot.t() @ features[:n]) / support_onehot.sum(0).clamp(min=1).unsqueeze(1)
+        return self.head.logits(features[n:], prototypes).softmax(-1), features[n:]
+
+
 def _export_onnx(model, output: Path, invert: bool) -> None:
     try:
         import onnx
@@ -219,19 +236,35 @@ def _export_onnx(model, output: Path, invert: bool) -> None:
             "(or pip install onnx)"
         ) from None
     embedder = Embedder(model.strategy.backbone, model.transform, invert).eval()
-    names = {"input_names": ["images"], "output_names": ["features"]}
+    head = model.strategy.export_head()
+    meta = describe(model, invert)
+    if head is not None and callable(getattr(head, "logits", None)):
+        # A class-mean head (prototypes): the whole prediction in one graph.
+        module = PrototypePipeline(embedder, head.eval()).eval()
+        example = (_example(model, 3), torch.eye(2)[torch.tensor([0, 0, 1])], _example(model, 2))
+        names = {"input_names": ["support", "support_onehot", "query"],
+                 "output_names": ["probabilities", "query_features"]}
+        axes = {"support": {0: "support"}, "support_onehot": {0: "support", 1: "ways"}, "query": {0: "queries"},
+                "probabilities": {0: "queries", 1: "ways"}, "query_features": {0: "queries"}}
+        meta["graph"] = ("support (S, C, H, W), support_onehot (S, ways) float, query (Q, C, H, W) -> "
+                         "probabilities (Q, ways), query_features (Q, D)")
+    else:
+        module, example = embedder, (_example(model),)
+        names = {"input_names": ["images"], "output_names": ["features"]}
+        axes = {"images": {0: "batch"}, "features": {0: "batch"}}
+        meta["graph"] = "images (N, C, H, W) -> features (N, D)"
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
-            # The TorchScript-based exporter: fast, a dynamic batch axis, and no onnxscript needed.
-            torch.onnx.export(embedder, (_example(model),), os.fspath(output), dynamo=False,
-                              dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, **names)
+            # The TorchScript-based exporter: fast, dynamic axes, and no onnxscript needed.
+            torch.onnx.export(module, example, os.fspath(output), dynamo=False, dynamic_axes=axes, **names)
         except Exception as exc:  # noqa: BLE001
-            raise MetaregError(f"backbone {model.config.backbone!r} cannot be exported to ONNX "
-                               f"({type(exc).__name__}: {exc}); export --format safetensors instead") from exc
+            raise MetaregError(f"the model of {model.config.strategy!r} with backbone {model.config.backbone!r} "
+                               f"cannot be exported to ONNX ({type(exc).__name__}: {exc}); "
+                               "export --format safetensors instead") from exc
     proto = onnx.load(os.fspath(output))
     entry = proto.metadata_props.add()
-    entry.key, entry.value = "metareg", json.dumps(describe(model, invert), default=str)
+    entry.key, entry.value = "metareg", json.dumps(meta, default=str)
     onnx.save(proto, os.fspath(output))
 
 

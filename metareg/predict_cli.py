@@ -129,7 +129,8 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
     safetensors  all weights + a JSON header with the config (rebuild with metareg or by hand)
     torchscript  forward(support, support_labels, query) -> probabilities (feature-based strategies)
                  and embed(images) -> features; needs only torch
-    onnx         the embedding network images -> features; the head is described in the metadata
+    onnx         (support, support_onehot, query) -> probabilities for prototype heads, else the
+                 embedding network images -> features; see the metadata's "graph"
 
     Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
     channels and resized to its image size (see the metadata's "inputs").

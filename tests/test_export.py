@@ -141,27 +141,27 @@ def test_onnx_round_trip(setup, tmp_path):
     out = tmp_path / "model.onnx"
     result = _invoke("export", "-c", ckpt, "-o", out)
     assert result.exit_code == 0, result.output
-    np.save(tmp_path / "images.npy", torch.cat([inputs["support"], inputs["query"]]).numpy())
+    np.savez(tmp_path / "inputs.npz", support=inputs["support"].numpy(), query=inputs["query"].numpy(),
+             onehot=np.eye(3, dtype=np.float32)[inputs["labels"].numpy()])
     got = _run_without_metareg(
         "import json, numpy as np, onnxruntime as ort\n"
         "s = ort.InferenceSession('model.onnx')\n"
-        "f = s.run(['features'], {'images': np.load('images.npy')})[0]\n"
+        "x = np.load('inputs.npz')\n"
+        "p, f = s.run(['probabilities', 'query_features'],"
+        " {'support': x['support'], 'support_onehot': x['onehot'], 'query': x['query']})\n"
         "meta = json.loads(s.get_modelmeta().custom_metadata_map['metareg'])\n"
-        "json.dump({'features': f.tolist(), 'meta': meta}, open('out.json', 'w'))\n",
+        "json.dump({'probs': p.tolist(), 'features': f.tolist(), 'meta': meta}, open('out.json', 'w'))\n",
         tmp_path,
     )
-    features = torch.tensor(got["features"])
-    images = torch.cat([inputs["support"], inputs["query"]])
+    expected = clf.predict_proba([query])
+    assert torch.allclose(torch.tensor(got["probs"]), expected, atol=1e-4)
+    assert [int(np.argmax(p)) for p in got["probs"]] == expected.argmax(1).tolist()
+    images = inputs["query"]
     with torch.no_grad():
-        expected = clf.strategy.backbone(clf.transform.evaluate(1 - images if clf.invert else images))
-    assert torch.allclose(features, expected, atol=1e-4)
-    # the head described in the metadata turns the ONNX features into the checkpoint's predictions
-    head = got["meta"]["head"]
-    assert head["type"] == "PrototypeHead" and head["cosine"] is False
-    s, q = features[:6], features[6:]
-    prototypes = torch.stack([s[inputs["labels"] == c].mean(0) for c in range(3)])
-    logits = -torch.cdist(q, prototypes).pow(2) / head["temperature"]
-    assert torch.allclose(logits.softmax(-1), clf.predict_proba([query]), atol=1e-4)
+        features = clf.strategy.backbone(clf.transform.evaluate(1 - images if clf.invert else images))
+    assert torch.allclose(torch.tensor(got["features"]), features, atol=1e-4)
+    assert got["meta"]["graph"].startswith("support (S, C, H, W), support_onehot")
+    assert got["meta"]["head"]["type"] == "PrototypeHead"
 
 
 def test_cosine_head_exports(tmp_path):
@@ -202,6 +202,15 @@ def test_torchscript_refuses_strategies_without_a_feature_head(tmp_path):
         export(model, tmp_path / "x.pt", "torchscript", invert=False)
     assert not (tmp_path / "x.pt").exists()
     export(model, tmp_path / "x.safetensors", "safetensors", invert=False)  # always possible
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    export(model, tmp_path / "x.onnx", "onnx", invert=False)  # the embedding network alone
+    assert "images (N, C, H, W) -> features" in json.loads(
+        {p.key: p.value for p in onnx.load(str(tmp_path / "x.onnx")).metadata_props}["metareg"])["graph"]
+    images = torch.rand(4, 1, 16, 16)
+    features = ort.InferenceSession(str(tmp_path / "x.onnx")).run(["features"], {"images": images.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(features), loaded.strategy.backbone(images), atol=1e-4)
 
 
 def test_onnx_missing_names_the_package(tmp_path, monkeypatch):
