@@ -27,7 +27,7 @@ if [ ! -x "$PY" ] && ! command -v "$PY" >/dev/null 2>&1; then
     exit 2
 fi
 if "$PY" -c "import learn2learn" >/dev/null 2>&1; then
-    echo "learn2learn $("$PY" -c 'import learn2learn; print(learn2learn.__version__)') is already installed for $PY"
+    echo "learn2learn $("$PY" -c 'import learn2learn; print(learn2learn.__version__)' 2>/dev/null) is already installed for $PY"
     exit 0
 fi
 
