@@ -149,6 +149,8 @@ DATASET_DATA = {
     "l2l-cifarfs": _l2l("write_cifarfs"),
     "l2l-fc100": _l2l("write_fc100"),
     "l2l-omniglot": _l2l("write_omniglot"),
+    "l2l-quickdraw": _l2l("write_quickdraw"),
+    "l2l-dtd": _l2l("write_dtd"),
 }
 
 

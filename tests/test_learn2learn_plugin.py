@@ -147,6 +147,27 @@ def test_full_omniglot(tmp_path, synthetic, monkeypatch):
 
 
 @needs_l2l
+def test_quickdraw_bookkeeping_round_trip_and_dtd(tmp_path, synthetic):
+    from metareg.testing import check_dataset
+
+    root = synthetic.write_quickdraw(tmp_path / "qd", per_class=2)
+    first = check_dataset("l2l-quickdraw", options={"root": str(root)}, classes={"train": 241, "validation": 52,
+                                                                                  "test": 52})
+    assert sorted(p.name for p in root.glob("quickdraw-*-bookkeeping.pkl")) == [
+        "quickdraw-test-bookkeeping.pkl", "quickdraw-train-bookkeeping.pkl", "quickdraw-validation-bookkeeping.pkl"
+    ]
+    # The second build reads learn2learn's bookkeeping pickles back, through the restricted loader.
+    second = check_dataset("l2l-quickdraw", options={"root": str(root)})
+    assert torch.equal(first.test.labels, second.test.labels) and (second.channels, second.image_size) == (1, 28)
+    image = second.train.images.gather(torch.tensor([3]))[0]  # class 1, sample 1
+    assert image[0, 0, 0] == 1 and image[0, 5, 5] == _value(1)
+
+    dtd = check_dataset("l2l-dtd", options={"root": str(synthetic.write_dtd(tmp_path / "dtd")), "image_size": 24},
+                        classes={"train": 33, "validation": 7, "test": 7})
+    assert dtd.image_size == 24
+
+
+@needs_l2l
 def test_missing_files_give_a_clear_error(tmp_path):
     from metareg_learn2learn.datasets import fc100, mini_imagenet
 

@@ -113,3 +113,35 @@ def write_omniglot(root: str | Path, alphabets: int = 2, characters: int = 8, pe
                     image = np.full((105, 105), _value(c), dtype=np.uint8)
                     (folder / f"{c:04d}_{i + 1:02d}.png").write_bytes(_png(image))
     return root
+
+
+def _l2l_splits(module: str) -> dict[str, list[str]]:
+    import importlib
+
+    from ._l2l import learn2learn
+
+    learn2learn()
+    return importlib.import_module(f"learn2learn.vision.datasets.{module}").SPLITS
+
+
+def write_quickdraw(root: str | Path, per_class: int = 3) -> Path:
+    """quickdraw/<class>.npy for every class of learn2learn's split: (N, 784) uint8 bitmaps."""
+    folder = Path(root) / "quickdraw"
+    folder.mkdir(parents=True, exist_ok=True)
+    classes = [c for split in ("train", "validation", "test") for c in _l2l_splits("quickdraw")[split]]
+    for c, cls in enumerate(classes):
+        data = np.full((per_class, 784), _value(c), dtype=np.uint8)
+        data[:, 0] = np.arange(per_class)
+        np.save(folder / f"{cls}.npy", data)
+    return Path(root)
+
+
+def write_dtd(root: str | Path, per_class: int = 2, size: int = 24) -> Path:
+    """describable_textures/dtd/images/<class>/<n>.png for every class of learn2learn's split."""
+    base = Path(root) / "describable_textures" / "dtd" / "images"
+    classes = [c for split in ("train", "validation", "test") for c in _l2l_splits("describable_textures")[split]]
+    for c, cls in enumerate(classes):
+        (base / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (base / cls / f"{cls}_{i:04d}.png").write_bytes(_png(_rgb(c, size, i)))
+    return Path(root)
