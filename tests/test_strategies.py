@@ -409,3 +409,16 @@ def test_default_evaluates_by_nearest_class_mean(distance):
     else:
         expected = -((query.unsqueeze(2) - means.unsqueeze(1)) ** 2).sum(-1)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["metaoptnet-svm", "metaoptnet-ridge", "default", "maml"])
+def test_prediction_protocol_matches_forward(name):
+    """fit_support once + predict_query per batch (metareg predict) gives forward's logits."""
+    strategy = build(name).eval()
+    support_labels = torch.tensor([0, 1, 1, 2, 2, 2])
+    episodes = separable(count=1, support_labels=support_labels)
+    with torch.set_grad_enabled(strategy.needs_grad_at_eval):
+        expected = strategy(episodes)[0]
+        state = strategy.fit_support(episodes.support[0], support_labels, 3)
+        got = strategy.predict_query(state, episodes.query[0], 3)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

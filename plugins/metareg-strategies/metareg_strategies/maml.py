@@ -142,7 +142,8 @@ class MAML(GradientAdaptation):
     torch.func's second derivative through F.batch_norm under vmap is wrong): the
     inner loop normalises with each support batch's statistics, which is what MAML's code does,
     and so does evaluation (transductive: each episode's support and query sets are normalised
-    with their own batch statistics, as in MAML's original code). Checkpoints therefore hold no
+    with their own batch statistics, as in MAML's original code). A consequence for `metareg
+    predict`: a query image's logits depend on the other images in its batch. Checkpoints hold no
     running statistics for this backbone.
 
     inner_precision: 'auto': under --precision bf16-mixed the model runs in bfloat16 inside the

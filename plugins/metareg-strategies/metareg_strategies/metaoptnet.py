@@ -81,3 +81,25 @@ class MetaOptNet(metareg.Strategy):
                     c=self.svm_c, iterations=self.svm_iterations, exact=self.svm_exact,
                 )
             return self.scale * scores
+
+    # ------------------------------------------------------------------ prediction (metareg predict)
+    # The fitted base learner is linear in the features: class weights W = S^T alpha, so the support
+    # set is solved once and every later query batch costs one matrix product.
+
+    def fit_support(self, support: torch.Tensor, labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+        features = as_full(self.embed(support.unsqueeze(0)))
+        with full_precision(features.device):
+            features = as_full(features)
+            # Scores of unit vectors are the rows of W: scores(e_d) = e_d^T S^T alpha.
+            basis = torch.eye(features.shape[-1], dtype=features.dtype, device=features.device).unsqueeze(0)
+            if self.base_learner == "ridge":
+                weights = ridge_scores(features, labels.unsqueeze(0), basis, ways, self.ridge_lambda)
+            else:
+                weights = crammer_singer_svm(features, labels.unsqueeze(0), basis, ways, c=self.svm_c,
+                                             iterations=self.svm_iterations, exact=self.svm_exact)
+        return {"weights": weights[0]}  # (D, ways)
+
+    def predict_query(self, state: dict[str, torch.Tensor], query: torch.Tensor, ways: int) -> torch.Tensor:
+        features = as_full(self.embed(query.unsqueeze(0))[0])
+        with full_precision(features.device):
+            return self.scale * (as_full(features) @ state["weights"].to(features.dtype))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
+from metareg_strategies.protonet import PrototypeHead
 
 
 class Supervised(metareg.Strategy):
@@ -64,3 +65,16 @@ class Supervised(metareg.Strategy):
         else:
             logits = -torch.cdist(query, means).pow(2)
         return logits / self.temperature
+
+    # ------------------------------------------------------------------ prediction (metareg predict / export)
+    # Evaluation is a nearest-class-mean classifier, exactly prototypical networks' head.
+
+    def fit_support(self, support: torch.Tensor, labels: torch.Tensor, ways: int) -> dict[str, torch.Tensor]:
+        features = self.embed(support.unsqueeze(0)).float()
+        return {"prototypes": metareg.class_means(features, labels.unsqueeze(0), ways)[0]}
+
+    def predict_query(self, state: dict[str, torch.Tensor], query: torch.Tensor, ways: int) -> torch.Tensor:
+        return self.export_head().logits(self.embed(query.unsqueeze(0)).float()[0], state["prototypes"])
+
+    def export_head(self) -> PrototypeHead:
+        return PrototypeHead(self.distance, self.temperature)
