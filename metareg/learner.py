@@ -3,8 +3,7 @@
 Strategies supply the meta-learning math; this module turns uint8 batches into
 float episodes on the device, applies the transform (training) or its evaluation
 counterpart, steps the optimiser, gathers per-episode accuracies across processes
-and keeps the RNG state in checkpoints so that a resumed run ends where an
-uninterrupted one does.
+and reseeds each epoch so that a resumed run ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ import torch
 
 from metareg.checkpoint import payload
 from metareg.config import RunConfig
-from metareg.episodes import EpisodeBatch, episode_labels, split_episodes
+from metareg.episodes import EpisodeBatch, episode_labels, split_episodes, stream_seed
 from metareg.errors import MetaregError
 from metareg.evaluation import write_episodes
 from metareg.strategy import Strategy, TaskInfo
@@ -43,6 +42,13 @@ class MetaLearner(pl.LightningModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = batch["images"].float().div_(255)
         training = self.trainer is not None and self.trainer.training
+        if training:
+            # The random state of every training step (augmentation, dropout) is a function of
+            # (seed, step, rank) alone. Lightning does not save RNG state, and a fresh and a resumed fit
+            # draw from it a different number of times (dataloader iterators take a seed each), so even a
+            # restored state would drift; reseeding makes a resumed run end bit-for-bit where an
+            # uninterrupted one ends, and keeps ranks' augmentations different.
+            _reseed(stream_seed(self.config.seed, "step-rng", self.global_step, self.global_rank))
         if "labels" in batch:  # labelled batch for supervised strategies
             return {"images": self.transform(images) if training else self.transform.evaluate(images),
                     "labels": batch["labels"]}
@@ -161,38 +167,14 @@ class MetaLearner(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["metareg"] = payload(self.config, self.task, self.dataset_name)
         checkpoint["metareg"]["data"]["info"] = _plain(self.dataset_info)
-        # Lightning does not save RNG state; without it a resumed run diverges.
-        checkpoint["metareg"]["rng"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": _numpy_state(),
-            "python": _python_state(),
-        }
         # Config objects are not plain data; the config travels in checkpoint["metareg"].
         checkpoint.pop("hyper_parameters", None)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        rng = checkpoint.get("metareg", {}).get("rng")
-        if not rng:
-            return
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(("MT19937", rng["numpy"]["keys"].numpy().astype(np.uint32), int(rng["numpy"]["pos"]),
-                             int(rng["numpy"]["has_gauss"]), float(rng["numpy"]["cached_gaussian"])))
-        state = rng["python"]
-        random.setstate((int(state["version"]), tuple(int(v) for v in state["internal"].tolist()), None))
 
-
-def _numpy_state() -> dict:
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss,
-            "cached_gaussian": cached}
-
-
-def _python_state() -> dict:
-    version, internal, _ = random.getstate()
-    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64)}
+def _reseed(seed: int) -> None:
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def _plain(value):

@@ -102,9 +102,10 @@ def strict_from_env() -> bool:
     return os.environ.get("METAREG_STRICT", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def _one_line(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}".strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The exception as one line (pluggy's validation errors span several)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def new_manager() -> pluggy.PluginManager:

@@ -99,10 +99,14 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool):
 
     callbacks, logger = [], False
     if fit:
+        # Best on validation accuracy, and last.ckpt after every epoch. Lightning's own save_last only
+        # writes when the best improved, which would leave --resume an epoch or more behind.
         callbacks.append(ModelCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_acc:.4f}", monitor="val_acc", mode="max",
-            save_last=True, save_top_k=1, auto_insert_metric_name=False,
+            save_top_k=1, auto_insert_metric_name=False,
         ))
+        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                         enable_version_counter=False))
         logger = CSVLogger(str(run_dir), name="", version="")
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.epoch_length // 20)))
@@ -216,6 +220,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
         warnings.filterwarnings("ignore", message=".*DistributedSampler.*")
+        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
         tester.test(learner, datamodule=prepared.datamodule, ckpt_path=str(best), weights_only=True, verbose=False)
     if trainer.global_rank != 0:
         return None  # type: ignore[return-value] - only the first process reports

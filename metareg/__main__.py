@@ -1,0 +1,4 @@
+"""`python -m metareg` is the `metareg` command."""
+from metareg.cli import main
+
+main()
