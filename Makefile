@@ -9,11 +9,13 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup run test lint bench clean
 
-$(STAMP): pyproject.toml $(PLUGINS)
+$(STAMP): pyproject.toml $(PLUGINS) scripts/install_learn2learn.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	$(PY) -m pip install -q -e '.[dev,export]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	# learn2learn 0.2.0 does not build from PyPI on Python >= 3.11; the script rebuilds it (and pins numpy < 2).
+	bash scripts/install_learn2learn.sh $(PY)
 	touch $(STAMP)
 
 setup: $(STAMP)
