@@ -39,6 +39,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # torch.save writes zip archives; anything else is not ours
+        raise CheckpointError(
+            f"{str(path)!r} is not a readable checkpoint (corrupt or truncated?): not a torch.save archive"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -88,28 +92,34 @@ class LoadedModel:
 
 def load_model(path: str | Path, registry=None) -> LoadedModel:
     """Rebuild strategy, backbone and transform from a checkpoint and load their weights."""
+    ckpt = read_checkpoint(path)
+    return model_from_payload(ckpt["metareg"], ckpt["state_dict"], str(path), registry)
+
+
+def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str, registry=None) -> LoadedModel:
+    """Rebuild the model that ``meta`` (a checkpoint's metareg section) describes and load ``state`` into it.
+
+    Shared by checkpoints and safetensors exports; ``source`` names the file in errors.
+    """
     from metareg.build import build_model, resolve_all
     from metareg.config import RunConfig
     from metareg.errors import MetaregError
 
-    ckpt = read_checkpoint(path)
-    meta = ckpt["metareg"]
     config = RunConfig.from_sources(meta["config"])
     try:
         components = resolve_all(config, registry, dataset=False)
     except MetaregError as exc:
-        raise CheckpointError(f"cannot rebuild the model of {str(path)!r}: {exc}") from None
+        raise CheckpointError(f"cannot rebuild the model of {source!r}: {exc}") from None
     task = meta["task"]
     strategy, transform, task_info = build_model(
         components, config, task["channels"], task["image_size"], task["num_train_classes"], meta["data"]["name"]
     )
-    state = ckpt["state_dict"]
     for prefix, module in (("strategy.", strategy), ("transform.", transform)):
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         missing, unexpected = module.load_state_dict(part, strict=False)
         if missing or unexpected:
             raise CheckpointError(
-                f"weights in {str(path)!r} do not fit the {prefix[:-1]} rebuilt from its config "
+                f"weights in {source!r} do not fit the {prefix[:-1]} rebuilt from its config "
                 f"(missing: {missing[:3]}, unexpected: {unexpected[:3]}); was a plugin upgraded since training?"
             )
     strategy.eval()

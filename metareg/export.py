@@ -302,9 +302,7 @@ def read_safetensors_export(path: str | os.PathLike) -> tuple[dict[str, Any], di
 
 def load_safetensors_export(path: str | os.PathLike, registry=None):
     """Rebuild the model of a safetensors export (as :func:`metareg.checkpoint.load_model` does for checkpoints)."""
-    from metareg.build import build_model, resolve_all
-    from metareg.checkpoint import LoadedModel
-    from metareg.config import RunConfig
+    from metareg.checkpoint import model_from_payload
 
     meta, state = read_safetensors_export(path)
     inner = dict(meta["metareg"])
@@ -313,21 +311,4 @@ def load_safetensors_export(path: str | os.PathLike, registry=None):
         data = dict(inner.get("data", {}))
         data["info"] = {**data.get("info", {}), "invert": bool(invert)}
         inner["data"] = data
-    config = RunConfig.from_sources(inner["config"])
-    try:
-        components = resolve_all(config, registry, dataset=False)
-    except MetaregError as exc:
-        raise CheckpointError(f"cannot rebuild the model of {str(path)!r}: {exc}") from None
-    task = inner["task"]
-    strategy, transform, task_info = build_model(
-        components, config, task["channels"], task["image_size"], task["num_train_classes"], inner["data"]["name"]
-    )
-    for prefix, module in (("strategy.", strategy), ("transform.", transform)):
-        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(part, strict=False)
-        if missing or unexpected:
-            raise CheckpointError(f"weights in {str(path)!r} do not fit the {prefix[:-1]} rebuilt from its config "
-                                  f"(missing: {missing[:3]}, unexpected: {unexpected[:3]})")
-    strategy.eval()
-    transform.eval()
-    return LoadedModel(strategy, transform, config, task_info, inner)
+    return model_from_payload(inner, state, str(path), registry)
