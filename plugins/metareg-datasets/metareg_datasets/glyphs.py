@@ -382,6 +382,8 @@ def glyphs(
     info = {
         "alphabets": assignment,
         "ink": "white on black (255 = stroke)",
+        # `metareg predict` inverts new images: characters on paper or screen are dark on light
+        "invert": True,
         "generation_seconds": float(a.get("generation_seconds", np.nan)),
         "cache": os.fspath(cache_path(seed=seed, image_size=image_size, samples_per_class=samples_per_class,
                                       min_fonts=min_fonts, alphabets=alphabets)),

@@ -248,6 +248,9 @@ def omniglot(
         "split": split,
         "sources": {k: os.fspath(v) for k, v in sources.items() if v is not None},
         "ink": "white on black (255 = stroke)",
+        # how `metareg predict` prepares new drawings (black on white files) the way these were prepared
+        "invert": True,
+        "resample": "box",
         "rotations": rotations,
     }
     if note:
