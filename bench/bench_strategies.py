@@ -103,7 +103,7 @@ def peak_memory(device: str) -> dict:
     return {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool) -> dict:
+def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channels_last: bool = False) -> dict:
     import contextlib
 
     import torch
@@ -124,8 +124,11 @@ def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool) -> dic
     strategy = factory(**options)
     strategy.setup(backbone, task)
     strategy.to(device).train()
-    opt = torch.optim.Adam([p for p in strategy.parameters() if p.requires_grad], 1e-3)
     images = x.to(device)
+    if channels_last:  # an experiment: metareg's core does not do this (yet)
+        strategy.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.Adam([p for p in strategy.parameters() if p.requires_grad], 1e-3)
     labels_all = y.to(device)
     gen = torch.Generator().manual_seed(0)
     amp = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
@@ -186,7 +189,7 @@ def run_l2l(mode: str, x, y, device: str, seconds: float) -> dict:
     return {"config": r["config"], "steps_per_s": round(raw[-1], 4), "episodes_per_s": round(raw[-1] * per_step, 3)}
 
 
-def worker(mode: str, device: str, seconds: float, bf16: bool) -> dict:
+def worker(mode: str, device: str, seconds: float, bf16: bool, channels_last: bool) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -197,7 +200,7 @@ def worker(mode: str, device: str, seconds: float, bf16: bool) -> dict:
         torch.cuda.reset_peak_memory_stats()
     try:
         r = run_l2l(mode, x, y, device, seconds) if mode in L2L_MODES else run_metareg(mode, x, y, device, seconds,
-                                                                                     bf16)
+                                                                                     bf16, channels_last)
     except Exception as e:  # noqa: BLE001 - one failing mode must not hide the others
         r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     r.update(peak_memory(device))
@@ -220,13 +223,20 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=DEFAULT_MODES)
     ap.add_argument("--bf16", action="store_true", help="metareg modes under bf16 autocast")
     ap.add_argument("--data", type=Path, default=None, help="Omniglot images_background.zip")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="experiment: metareg modes with channels_last model and images (the core does not do this)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in every mode (0: torch's default)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     global ZIP
     if a.data:
         ZIP = a.data
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     if a.worker:
-        print(json.dumps(worker(a.worker, a.device, a.seconds, a.bf16)), flush=True)
+        print(json.dumps(worker(a.worker, a.device, a.seconds, a.bf16, a.channels_last)), flush=True)
         return
 
     import torch
@@ -234,7 +244,7 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or platform.machine()
     print(f"# bench_strategies: device={a.device} ({device_name}), torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
-          f"{a.seconds:.0f} s per mode, bf16={a.bf16}", flush=True)
+          f"{a.seconds:.0f} s per mode, bf16={a.bf16}, channels_last={a.channels_last}", flush=True)
     t0 = time.perf_counter()
     omniglot(ZIP)  # decode once, before any timing
     print(f"# data ready ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -245,6 +255,10 @@ def main() -> None:
             cmd += ["--data", str(a.data)]
         if a.bf16:
             cmd.append("--bf16")
+        if a.threads:
+            cmd += ["--threads", str(a.threads)]
+        if a.channels_last:
+            cmd.append("--channels-last")
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         try:
