@@ -184,10 +184,11 @@ def test_a_few_steps_learn_separable_episodes(name):
     assert acc >= 0.9, f"{name}: accuracy {acc:.2f} after 30 steps on separable episodes"
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", list(STRATEGIES))
-def test_bf16_autocast_training_step(name):
+def test_mixed_precision_training_step(name, dtype):
     strategy = build(name, conv).train()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = train_step_loss(strategy, separable())
     out.loss.backward()
     assert torch.isfinite(out.loss)
