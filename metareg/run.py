@@ -170,11 +170,13 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     """Train, pick the best checkpoint on validation accuracy, and test it on fixed episodes.
 
     ``config`` is a :class:`RunConfig` or a dict of settings; keyword ``settings``
-    override it. ``dataset`` may be a :class:`metareg.FewShotDataset` built in
-    Python (e.g. ``FewShotDataset.from_arrays``) instead of a registered name.
+    override it. ``dataset`` is a registered name or a :class:`metareg.FewShotDataset`
+    built in Python (e.g. ``FewShotDataset.from_arrays``).
     """
     from metareg.learner import MetaLearner
 
+    if isinstance(dataset, str):  # a registered name, like the other settings
+        settings["dataset"], dataset = dataset, None
     if isinstance(config, RunConfig):
         config = config.replace(**settings) if settings else config
     else:
@@ -325,6 +327,8 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     from metareg.learner import MetaLearner
 
     checkpoint = Path(checkpoint)
+    if isinstance(dataset, str):  # a registered name, like the other settings
+        overrides["dataset"], dataset = dataset, None
     meta = read_checkpoint(checkpoint)["metareg"]
     allowed = _RESUMABLE | {"seed", "dataset", "dataset_options"}
     bad = sorted(set(overrides) - allowed)

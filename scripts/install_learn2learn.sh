@@ -16,6 +16,8 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${1:-${PYTHON:-$ROOT/.venv/bin/python}}
+# The build below runs in a temporary folder: make a relative path (.venv/bin/python) absolute.
+case "$PY" in /*) ;; */*) PY="$PWD/$PY" ;; esac
 CACHE=${L2L_CACHE:-$ROOT/.cache/learn2learn}
 VERSION=0.2.0
 # Runtime dependencies of learn2learn 0.2.0 that `import learn2learn` and its vision
