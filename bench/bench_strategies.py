@@ -11,6 +11,8 @@ per mode) and includes episode sampling in its step, as learn2learn's loops incl
   metareg-anil          as metareg-maml, only the head adapted
   metareg-metaoptnet-svm / -ridge   5-way 5-shot 15-query, 32 episodes per step
   metareg-default       supervised batches of 640 images (= 32 x 20), all 964 classes
+  ref-batched-protonet / ref-vmap-maml   (only with --modes) the reference file's own plain-tensor
+                        loops, to tell the machine's state from metareg's overhead
 
 Targets (issue 5): MAML >= 2.5x learn2learn's steps/s on CPU (15x on a GPU); ProtoNet with 32
 episodes per step >= 3x learn2learn's per-episode loop in episodes/s on CPU (10x on a GPU).
@@ -51,6 +53,8 @@ METAREG_MODES = {
     "metareg-default": ("metareg_strategies.supervised:Supervised", {}, 5, 15),
 }
 L2L_MODES = ("l2l-maml", "l2l-protonet")
+# The reference file's own plain-tensor loops, for context (not in the default run).
+REFERENCE_MODES = {"ref-batched-protonet": "batched-protonet", "ref-vmap-maml": "vmap-maml"}
 DEFAULT_MODES = ["metareg-maml", "l2l-maml", "metareg-protonet", "l2l-protonet", "metareg-anil",
                  "metareg-metaoptnet-svm", "metareg-metaoptnet-ridge", "metareg-default"]
 
@@ -199,8 +203,12 @@ def worker(mode: str, device: str, seconds: float, bf16: bool, channels_last: bo
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     try:
-        r = run_l2l(mode, x, y, device, seconds) if mode in L2L_MODES else run_metareg(mode, x, y, device, seconds,
-                                                                                     bf16, channels_last)
+        if mode in REFERENCE_MODES:
+            r = run_l2l(REFERENCE_MODES[mode], x, y, device, seconds)
+        elif mode in L2L_MODES:
+            r = run_l2l(mode, x, y, device, seconds)
+        else:
+            r = run_metareg(mode, x, y, device, seconds, bf16, channels_last)
     except Exception as e:  # noqa: BLE001 - one failing mode must not hide the others
         r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
     r.update(peak_memory(device))
@@ -220,7 +228,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per mode (after warm-up)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=DEFAULT_MODES)
+    ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=DEFAULT_MODES + list(REFERENCE_MODES))
     ap.add_argument("--bf16", action="store_true", help="metareg modes under bf16 autocast")
     ap.add_argument("--data", type=Path, default=None, help="Omniglot images_background.zip")
     ap.add_argument("--channels-last", action="store_true",
