@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ class MetaLearner(pl.LightningModule):
         self._eval_outputs: dict[str, list] = {}
         self.test_results: tuple[list[int], list[float]] | None = None
         self.report_dir = None  # where the first process writes test_episodes.csv
+        self._warned_frozen = False
 
     # ------------------------------------------------------------------ batches
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
@@ -95,6 +97,14 @@ class MetaLearner(pl.LightningModule):
         acc = (out.logits.argmax(-1) == out.labels).float().mean()
         self.log("train_loss", out.loss, prog_bar=True, batch_size=size)
         self.log("train_acc", acc, prog_bar=True, batch_size=size)
+        if not out.loss.requires_grad:
+            # Nothing trainable this step (a frozen backbone under a parameter-free strategy, e.g. before
+            # a freeze_unfreeze schedule unfreezes it): returning None skips the optimizer step.
+            if not self._warned_frozen:
+                warnings.warn(f"no trainable parameters at step {self.global_step}: skipping optimizer steps until "
+                              "the backbone is unfrozen (finetune schedule)", stacklevel=2)
+                self._warned_frozen = True
+            return None
         return out.loss
 
     # --------------------------------------------------------------- evaluation

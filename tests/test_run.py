@@ -221,3 +221,23 @@ def test_python_api_trains_on_in_memory_arrays(tmp_path):
     assert result.summary["dataset"] == "toy"
     again = metareg.evaluate(result.best_checkpoint, dataset=data, output_dir=tmp_path / "api-eval", progress=False)
     assert again.report.mean == pytest.approx(result.report.mean)
+
+
+def test_frozen_backbone_is_not_trained_until_the_schedule_unfreezes_it(tmp_path):
+    from metareg.config import RunConfig
+    from metareg.run import _Prepared
+
+    frozen, thawed = tmp_path / "frozen", tmp_path / "thawed"
+    r1 = run(*TINY, "--backbone-opt", "finetune=freeze", "--max-epochs", "1", "--output-dir", str(frozen))
+    r2 = run(*TINY, "--backbone-opt", "finetune=freeze_unfreeze", "--backbone-opt", "unfreeze_epoch=1",
+             "--max-epochs", "2", "--output-dir", str(thawed))
+    assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
+    # the weights a run starts from: same settings, same seed
+    config = RunConfig.load_yaml(frozen / "config.yaml")
+    initial = {f"strategy.{k}": v for k, v in _Prepared(RunConfig.from_sources(config)).strategy.state_dict().items()}
+    after_frozen = torch.load(frozen / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    after_thawed = torch.load(thawed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert initial.keys() == after_frozen.keys()
+    assert all(torch.equal(initial[k], after_frozen[k]) for k in initial)  # nothing moved, BN statistics included
+    weights = [k for k in initial if k.endswith("weight")]
+    assert not any(torch.equal(initial[k], after_thawed[k]) for k in weights)  # everything trains once unfrozen
