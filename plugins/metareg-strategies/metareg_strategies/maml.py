@@ -158,6 +158,10 @@ class MAML(GradientAdaptation):
 
     name = "maml"
 
+    # Batch norm uses each batch's own statistics at evaluation too, so a query's answer depends on
+    # the queries predicted with it; `metareg predict` says so.
+    transductive = True
+
     def __init__(
         self,
         adaptation_steps: int = 1,
