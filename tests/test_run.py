@@ -241,3 +241,28 @@ def test_frozen_backbone_is_not_trained_until_the_schedule_unfreezes_it(tmp_path
     assert all(torch.equal(initial[k], after_frozen[k]) for k in initial)  # nothing moved, BN statistics included
     weights = [k for k in initial if k.endswith("weight")]
     assert not any(torch.equal(initial[k], after_thawed[k]) for k in weights)  # everything trains once unfrozen
+
+
+@pytest.mark.parametrize("strategy", ["maml", "anil", "metaoptnet", "default"])
+def test_every_strategy_trains_and_evaluates_through_metareg_run(strategy, tmp_path):
+    out = tmp_path / strategy
+    result = run(*TINY, "--strategy", strategy, "--max-epochs", "1", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert LINE.search(result.output).group(1, 2, 5) == ("3", "1", "12")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["strategy"] == strategy and 0 <= summary["accuracy"] <= 1
+    evaluated = CliRunner().invoke(cli, ["eval", str(out / "checkpoints" / "last.ckpt"), *DATA, "--test-num-tasks",
+                                         "4", "--output-dir", str(tmp_path / "e"), "--no-progress"])
+    assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_resnet12_with_the_lee2019_chain_trains(tmp_path):
+    out = tmp_path / "r12"
+    result = run(*DATA, "--backbone", "resnet12", "--backbone-opt", "widths=8,8,8,8", "--transform", "lee2019",
+                 "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "2",
+                 "--max-epochs", "1", "--test-num-tasks", "6", "--val-num-tasks", "3", "--no-progress",
+                 "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert LINE.search(result.output)
+    config = (out / "config.yaml").read_text()
+    assert "backbone: resnet12" in config and "transform: lee2019" in config
