@@ -4,7 +4,7 @@ Two on-disk formats are read:
 
 ``pickle``: learn2learn's ``mini-imagenet-cache-{train,validation,test}.pkl``, each a
 dict ``{"image_data": uint8 (N, 84, 84, 3), "class_dict": {class: [indices]}}``.
-They are read with :mod:`metareg_datasets.restricted_pickle`, which refuses every
+They are read with :func:`metareg.restricted_load`, which refuses every
 global but the few that rebuild numpy arrays, so a tampered file cannot run code.
 The images stay in the file's ``(N, H, W, 3)`` layout and are transposed per
 gathered batch, so loading costs no extra copy.
@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 import metareg
-from metareg_datasets import cache, restricted_pickle
+from metareg_datasets import cache
 
 PICKLE_NAMES = {
     "train": ("mini-imagenet-cache-train.pkl",),
@@ -79,7 +79,7 @@ def read_pickle_split(path: Path, split: str, image_size: int):
     """(images store, labels, class names) from one learn2learn pickle, validated."""
     import torch
 
-    data = restricted_pickle.load(path)
+    data = metareg.restricted_load(path, encoding="latin1")
     if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
         keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise metareg.DataError(f"{path}: expected a dict with 'image_data' and 'class_dict', got {keys}")
