@@ -36,7 +36,9 @@ class Resolved:
         except MetaregError:
             raise
         except (TypeError, ValueError) as exc:
-            raise MetaregError(f"{SINGULAR[self.kind]} {self.name!r} rejected its options {self.options}: {exc}") from exc
+            raise MetaregError(
+                f"{SINGULAR[self.kind]} {self.name!r} rejected its options {self.options}: {exc}"
+            ) from exc
 
 
 def resolve(registry: Registry, kind: str, name: str, options: dict[str, Any]) -> Resolved:
@@ -81,7 +83,9 @@ def build_model(components: Components, config: RunConfig, channels: int, image_
 
     backbone = components.backbone.build(channels=channels, image_size=image_size)
     if not isinstance(backbone, torch.nn.Module):
-        raise MetaregError(f"backbone {components.backbone.name!r} returned {type(backbone).__name__}, not an nn.Module")
+        raise MetaregError(
+            f"backbone {components.backbone.name!r} returned {type(backbone).__name__}, not an nn.Module"
+        )
     feature_dim = getattr(backbone, "out_features", None)
     if not isinstance(feature_dim, int):
         raise MetaregError(f"backbone {components.backbone.name!r} does not set an integer `out_features`")

@@ -17,7 +17,6 @@ import metareg
 from metareg.errors import MetaregError
 from metareg.records import KINDS, SINGULAR
 
-
 # Subcommands that live in their own modules, imported only when invoked (or for
 # `--help`), so that `metareg list` never pays for torch or Lightning.
 _LAZY_COMMANDS = {
@@ -62,7 +61,8 @@ class _Group(click.Group):
 @click.version_option(metareg.__version__, "--version", prog_name="metareg")
 @click.option("--strict", is_flag=True, help="Fail on any plugin error (or set METAREG_STRICT=1).")
 @click.option("--load-plugins", metavar="NAMES", help="Load only these plugins, comma-separated (METAREG_PLUGINS).")
-@click.option("--disable-plugins", metavar="NAMES", help="Skip these plugins, comma-separated (METAREG_DISABLE_PLUGINS).")
+@click.option("--disable-plugins", metavar="NAMES",
+              help="Skip these plugins, comma-separated (METAREG_DISABLE_PLUGINS).")
 def cli(strict: bool, load_plugins: str | None, disable_plugins: str | None) -> None:
     """metareg: few-shot meta-learning with pluggable backbones, datasets, transforms and strategies."""
     # Environment, not globals: DDP worker processes inherit the same switches.
@@ -168,7 +168,7 @@ def _print_table(rows) -> None:
         return
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        cells = [str(c).ljust(w) for c, w in zip(r[:-1], widths)] + [str(r[-1])]
+        cells = [str(c).ljust(w) for c, w in zip(r[:-1], widths, strict=True)] + [str(r[-1])]
         click.echo("  ".join(cells).rstrip())
 
 

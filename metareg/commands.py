@@ -53,7 +53,7 @@ def _click_type(tp):
     if origin is typing.Literal:
         return click.Choice([str(a) for a in typing.get_args(tp)])
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    base = args[0] if origin in (typing.Union, getattr(__import__("types"), "UnionType")) else tp
+    base = args[0] if origin in (typing.Union, __import__("types").UnionType) else tp
     return {int: click.INT, float: click.FLOAT, str: click.STRING}.get(base, click.STRING)
 
 

@@ -87,7 +87,7 @@ class RunConfig:
         return [f.name for f in fields(cls)]
 
     @classmethod
-    def from_sources(cls, *sources: dict[str, Any]) -> "RunConfig":
+    def from_sources(cls, *sources: dict[str, Any]) -> RunConfig:
         """Merge dicts (later wins; component option sections merge key by key) and validate."""
         merged: dict[str, Any] = {}
         for src in sources:
@@ -108,7 +108,7 @@ class RunConfig:
         return cls._typed(merged)
 
     @classmethod
-    def _typed(cls, values: dict[str, Any]) -> "RunConfig":
+    def _typed(cls, values: dict[str, Any]) -> RunConfig:
         hints = get_type_hints(cls)
         kwargs = {}
         for key, value in values.items():
@@ -138,7 +138,7 @@ class RunConfig:
             raise ConfigError(f"config file {str(path)!r} must hold a mapping of settings, not {type(data).__name__}")
         return data
 
-    def replace(self, **changes) -> "RunConfig":
+    def replace(self, **changes) -> RunConfig:
         return type(self)._typed({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
@@ -162,7 +162,9 @@ class RunConfig:
         if self.ways < 2 or self.eval_ways < 2:
             raise ConfigError(f"ways and test_ways must be at least 2, got {self.ways} and {self.eval_ways}")
         if self.num_tasks == 0 or self.num_tasks < -1:
-            raise ConfigError(f"num_tasks must be -1 (a fresh task each draw) or a positive pool size, got {self.num_tasks}")
+            raise ConfigError(
+                f"num_tasks must be -1 (a fresh task each draw) or a positive pool size, got {self.num_tasks}"
+            )
         if self.max_epochs < 1 and self.max_steps < 1:
             raise ConfigError("set max_epochs or max_steps to a positive number")
         if self.max_epochs < -1 or self.max_epochs == 0 and self.max_steps < 1:
@@ -189,7 +191,9 @@ class RunConfig:
                 return [int(t) for t in text.split(",") if t.strip()]
             value = int(text)
         except ValueError:
-            raise ConfigError(f"devices must be 'auto', a count or a comma-separated list of ids, got {text!r}") from None
+            raise ConfigError(
+                f"devices must be 'auto', a count or a comma-separated list of ids, got {text!r}"
+            ) from None
         if value < 1:
             raise ConfigError(f"devices must be at least 1, got {value}")
         return value

@@ -80,7 +80,8 @@ def _unbatch(items):
 
 
 class EpisodeDataModule(pl.LightningDataModule):
-    def __init__(self, dataset: FewShotDataset, config: RunConfig, *, labelled: bool = False, test_seed: int | None = None):
+    def __init__(self, dataset: FewShotDataset, config: RunConfig, *, labelled: bool = False,
+                 test_seed: int | None = None):
         super().__init__()
         self.dataset, self.config, self.labelled = dataset, config, labelled
         self.test_seed = config.seed if test_seed is None else test_seed

@@ -47,7 +47,7 @@ class EpisodeBatch:
     def meta_batch_size(self) -> int:
         return self.support.shape[0]
 
-    def to(self, device) -> "EpisodeBatch":
+    def to(self, device) -> EpisodeBatch:
         ql = None if self.query_labels is None else self.query_labels.to(device)
         return EpisodeBatch(
             self.support.to(device), self.support_labels.to(device), self.query.to(device), ql, self.ways

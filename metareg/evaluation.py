@@ -57,7 +57,7 @@ def write_episodes(path: Path, episode_ids, accuracies) -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["episode", "accuracy"])
-        for i, a in zip(episode_ids, accuracies):
+        for i, a in zip(episode_ids, accuracies, strict=True):
             w.writerow([int(i), f"{float(a):.6f}"])
 
 

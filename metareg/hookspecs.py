@@ -8,7 +8,7 @@ distributions, and ``<entry-point>:<name>`` picks one.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import pluggy
 

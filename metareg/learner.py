@@ -126,8 +126,10 @@ class MetaLearner(pl.LightningModule):
         """Per-episode accuracies from every process, de-duplicated (samplers pad the last ranks)."""
         outputs = self._eval_outputs.pop(stage, [])
         device = self.device
-        ids = torch.cat([i for i, _ in outputs]).to(device) if outputs else torch.zeros(0, dtype=torch.long, device=device)
-        acc = torch.cat([a for _, a in outputs]).to(device) if outputs else torch.zeros(0, device=device)
+        if outputs:
+            ids, acc = torch.cat([i for i, _ in outputs]).to(device), torch.cat([a for _, a in outputs]).to(device)
+        else:
+            ids, acc = torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, device=device)
         if self.trainer.world_size > 1:
             # Ranks may hold different numbers of episodes: pad to the longest, gather, drop the padding.
             longest = int(self.all_gather(torch.tensor(len(ids), device=device)).max())
@@ -138,7 +140,7 @@ class MetaLearner(pl.LightningModule):
             keep = ids >= 0
             ids, acc = ids[keep], acc[keep]
         unique: dict[int, float] = {}
-        for i, a in zip(ids.tolist(), acc.tolist()):
+        for i, a in zip(ids.tolist(), acc.tolist(), strict=True):
             unique.setdefault(int(i), float(a))
         order = sorted(unique)
         return order, [unique[i] for i in order]

@@ -8,8 +8,9 @@ collects records (see :mod:`metareg.registry`); plugins never set it themselves.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, ClassVar, Union
 
 Factory = Union[str, Callable[..., Any]]
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 from metareg.errors import ComponentConflict, ComponentNotFound
 from metareg.plugins import PluginSet, Provided, get_plugins
@@ -26,7 +26,7 @@ class Registry:
         self.plugins = plugins
 
     @classmethod
-    def current(cls) -> "Registry":
+    def current(cls) -> Registry:
         return cls(get_plugins())
 
     def components(self, kind: str) -> list[Provided]:

@@ -7,8 +7,8 @@ where the core turns them into floats in ``[0, 1]``.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
@@ -136,7 +136,7 @@ class FewShotDataset:
         splits: dict[str, Sequence[int]] | None = None,
         ratios: tuple[float, float, float] = (0.6, 0.2, 0.2),
         seed: int = 0,
-    ) -> "FewShotDataset":
+    ) -> FewShotDataset:
         """Build a dataset from in-memory images and labels (numpy arrays or tensors).
 
         images: ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` uint8 (or floats in [0, 1]).

@@ -50,7 +50,8 @@ def test_list_json_is_stable():
     assert doc["schema"] == 1 and set(doc) == {"schema", "metareg_version", "components", "broken"}
     assert set(doc["components"]) == {"backbones", "datasets", "strategies", "transforms"}
     conv4 = next(c for c in doc["components"]["backbones"] if c["name"] == "conv4")
-    assert set(conv4) == {"name", "qualified_name", "aliases", "summary", "factory", "plugin", "distribution", "version"}
+    assert set(conv4) == {"name", "qualified_name", "aliases", "summary", "factory", "plugin", "distribution",
+                          "version"}
     assert conv4["qualified_name"] == "backbones:conv4" and conv4["distribution"] == "metareg-backbones"
 
 

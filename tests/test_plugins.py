@@ -1,6 +1,7 @@
 """Plugin loading and lookup, against a fake installed environment (tests/fixtures/fakedist)."""
 from __future__ import annotations
 
+import dataclasses
 from importlib import metadata
 from pathlib import Path
 
@@ -129,7 +130,7 @@ def test_first_party_plugins_are_entry_points_of_their_own_distributions():
 def test_records_are_frozen_and_validated():
     spec = metareg.BackboneSpec("x", "a.b:c", summary="s", aliases=["y"])
     assert spec.aliases == ("y",)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "z"
     for bad in (dict(name="", factory="a:b"), dict(name="a:b", factory="a:b"), dict(name="x", factory="nocolon"),
                 dict(name="x", factory=3), dict(name="x", factory="a:b", summary="two\nlines")):
