@@ -27,8 +27,8 @@ def test_two_process_ddp_spawn_run_gathers_every_test_episode(tmp_path):
     per_episode = episodes(out / "test_episodes.csv")
     assert sorted(per_episode) == list(range(13))
     summary = json.loads((out / "summary.json").read_text())
-    # each of the 2 processes ran epoch_length / 2 = 2 steps per epoch
-    assert json.loads(json.dumps(summary))["episodes"] == 13
+    assert summary["episodes"] == 13
+    # each of the 2 processes ran epoch_length / 2 = 2 steps per epoch: 4 steps (0..3) in 2 epochs, not 8
     ckpt_rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["train_loss"]]
     assert max(int(r["step"]) for r in ckpt_rows) <= 3
     # The gathered per-episode values are exactly what one process measures on the same checkpoint.
@@ -36,3 +36,37 @@ def test_two_process_ddp_spawn_run_gathers_every_test_episode(tmp_path):
                                       "--output-dir", str(tmp_path / "single"), "--no-progress"])
     assert single.exit_code == 0, single.output
     assert episodes(tmp_path / "single" / "test_episodes.csv") == per_episode
+
+
+def test_training_episodes_are_split_across_ranks_without_collisions():
+    """What Lightning's distributed sampler hands each rank: disjoint meta-batches, equal counts, and
+    batch i is the same episodes whichever process draws it."""
+    import torch
+    from torch.utils.data import DistributedSampler
+
+    import metareg
+    from metareg.config import RunConfig
+    from metareg.datamodule import EpisodeDataModule
+
+    labels = torch.arange(20).repeat_interleave(6)
+    # every image is filled with its own index, so a gathered batch says which samples it holds
+    images = torch.arange(120, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
+    data = metareg.FewShotDataset.from_arrays(images, labels, name="t", ratios=(0.6, 0.2, 0.2))
+    config = RunConfig.from_sources({"ways": 3, "shots": 1, "queries": 2, "meta_batch_size": 4, "epoch_length": 8})
+    dm = EpisodeDataModule(data, config)
+    dm.check()
+    dm.setup("fit")
+    per_rank = [list(DistributedSampler(dm.train_set, num_replicas=2, rank=r, shuffle=False)) for r in range(2)]
+    assert [len(items) for items in per_rank] == [4, 4]  # epoch_length / world size each
+    assert sorted(per_rank[0] + per_rank[1]) == list(range(8))  # every meta-batch once, on one rank
+
+    def samples(i):
+        return dm.train_set[i]["images"][..., 0, 0, 0]  # (meta_batch, ways, shots + queries) sample ids
+
+    batches = {i: samples(i) for i in range(8)}
+    assert all(torch.equal(batches[i], samples(i)) for i in range(8))  # reproducible in any process
+    rank0 = {tuple(b.flatten().tolist()) for i, b in batches.items() if i in per_rank[0]}
+    rank1 = {tuple(b.flatten().tolist()) for i, b in batches.items() if i in per_rank[1]}
+    assert len(rank0) == len(rank1) == 4 and not rank0 & rank1  # no rank repeats another's episodes
+    dm.train_set.epoch = 1
+    assert not torch.equal(samples(0), batches[0])  # a new epoch draws new episodes
