@@ -41,6 +41,7 @@ HELP = {
     "accelerator": "Lightning accelerator: auto, cpu, gpu, ...",
     "devices": "Lightning devices: a count, a list like 0,1, or auto.",
     "precision": "Lightning precision: 32-true, 16-mixed, bf16-mixed, ...",
+    "channels_last": "Keep convolution weights in channels-last (NHWC) memory layout (faster on many CPUs and GPUs).",
     "trainer_strategy": "Lightning's distribution strategy: auto, ddp, ddp_spawn, fsdp, ...",
     "num_nodes": "Machines for distributed training.",
     "output_dir": "Run directory (default: runs/<time>-<strategy>-<dataset>).",

@@ -40,6 +40,11 @@ class MetaLearner(pl.LightningModule):
         self.report_dir = None  # where the first process writes test_episodes.csv
         self._warned_frozen = False
 
+    def setup(self, stage: str) -> None:
+        if self.config.channels_last:
+            # Converting the weights is enough: convolutions then compute in NHWC whatever the input layout.
+            self.strategy.to(memory_format=torch.channels_last)
+
     # ------------------------------------------------------------------ batches
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         images = batch["images"].float().div_(255)

@@ -266,3 +266,19 @@ def test_resnet12_with_the_lee2019_chain_trains(tmp_path):
     assert LINE.search(result.output)
     config = (out / "config.yaml").read_text()
     assert "backbone: resnet12" in config and "transform: lee2019" in config
+
+
+def test_channels_last_converts_the_convolutions_and_can_be_turned_off():
+    from metareg.config import RunConfig
+    from metareg.learner import MetaLearner
+    from metareg.run import _Prepared
+
+    for flag, expected in ((True, torch.channels_last), (False, torch.contiguous_format)):
+        config = RunConfig.from_sources({"dataset_options": {"image_size": 14, "samples_per_class": 6},
+                                         "channels_last": flag})
+        prepared = _Prepared(config)
+        learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, "glyphs")
+        learner.setup("fit")
+        convs = [m.weight for m in learner.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=expected) for w in convs)
+    assert "channels_last: false" in run("--no-channels-last", "--print-config").output
