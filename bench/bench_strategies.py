@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="metareg modes under bf16 autocast")
     ap.add_argument("--data", type=Path, default=None, help="Omniglot images_background.zip")
     ap.add_argument("--channels-last", action="store_true",
-                    help="experiment: metareg modes with channels_last model and images (the core does not do this)")
+                    help="metareg modes with channels_last model and images (metareg run's default)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in every mode (0: torch's default)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
