@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
@@ -200,6 +200,3 @@ class RunConfig:
             raise ConfigError(f"devices must be at least 1, got {value}")
         return value
 
-
-def literal_choices(name: str) -> tuple[str, ...]:
-    return get_args(get_type_hints(RunConfig)[name])

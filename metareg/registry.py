@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
 
 from metareg.errors import ComponentConflict, ComponentNotFound
 from metareg.plugins import PluginSet, Provided, get_plugins
@@ -87,6 +86,3 @@ class Registry:
             msg += "\nBroken plugins (see `metareg list`): " + ", ".join(p.label for p in broken)
         return msg
 
-
-def all_kinds() -> Iterable[str]:
-    return KINDS

@@ -161,10 +161,6 @@ class _Prepared:
         )
 
 
-def _plugin_set(prepared: _Prepared):
-    return prepared.registry.plugins
-
-
 def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool = False, registry=None,
           **settings) -> RunResult:
     """Train, pick the best checkpoint on validation accuracy, and test it on fixed episodes.
@@ -199,7 +195,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, config.dataset,
                           getattr(prepared.dataset, "info", {}))
     trainer = _trainer(config, run_dir, fit=True)
-    prepared.datamodule.check_world_size(trainer.world_size * 1)
+    prepared.datamodule.check_world_size(trainer.world_size)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by processes that Lightning launches
     if trainer.global_rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +222,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
         tester.test(learner, datamodule=prepared.datamodule, ckpt_path=str(best), weights_only=True, verbose=False)
     if trainer.global_rank != 0:
         return None  # type: ignore[return-value] - only the first process reports
-    result = _finish(run_dir, config, _plugin_set(prepared), extra={
+    result = _finish(run_dir, config, prepared.registry.plugins, extra={
         "train_seconds": round(train_seconds, 2),
         "best_checkpoint": str(best),
         "resumed": resume,
