@@ -1,8 +1,12 @@
 """Meta-training speed of metareg's strategies against learn2learn's own loops, same run, same data.
 
 Conv-4 (64 filters) on real Omniglot at 28x28 (strokes = 1), the setting of learn2learn's
-maml_omniglot example. Every mode runs in its own fresh Python process (so peak memory is
-per mode) and includes episode sampling in its step, as learn2learn's loops include theirs:
+maml_omniglot example. Each metareg mode runs the same network as the learn2learn loop it is
+compared with: MAML and ANIL use ``conv4-omniglot`` (stride-2 convs, last map averaged:
+learn2learn's OmniglotCNN, 112,261 parameters with the 5-way head), the other strategies
+``conv4`` (2x2 max-pools: learn2learn's CNN4Backbone). Every mode runs in its own fresh Python
+process (so peak memory is per mode) and includes episode sampling in its step, as
+learn2learn's loops include theirs:
 
   metareg-maml          5-way 1-shot 1-query, 32 tasks per step, 1 inner step, second order
   l2l-maml              learn2learn's MAML clone/adapt loop, same work (shared/bench/learn2learn_reference.py)
@@ -44,13 +48,15 @@ CACHE = ROOT / ".cache" / "bench" / "omniglot28.npz"
 
 WAYS, TASKS = 5, 32
 METAREG_MODES = {
-    # mode: (strategy factory, options, shots, queries)
-    "metareg-maml": ("metareg_strategies.maml:MAML", {"adaptation_steps": 1, "adaptation_lr": 0.4}, 1, 1),
-    "metareg-protonet": ("metareg_strategies.protonet:PrototypicalNetworks", {}, 5, 15),
-    "metareg-anil": ("metareg_strategies.anil:ANIL", {"adaptation_steps": 1}, 1, 1),
-    "metareg-metaoptnet-svm": ("metareg_strategies.metaoptnet:MetaOptNet", {"base_learner": "svm"}, 5, 15),
-    "metareg-metaoptnet-ridge": ("metareg_strategies.metaoptnet:MetaOptNet", {"base_learner": "ridge"}, 5, 15),
-    "metareg-default": ("metareg_strategies.supervised:Supervised", {}, 5, 15),
+    # mode: (strategy factory, options, shots, queries, backbone factory)
+    "metareg-maml": ("metareg_strategies.maml:MAML", {"adaptation_steps": 1, "adaptation_lr": 0.4}, 1, 1,
+                     "conv4_omniglot"),
+    "metareg-protonet": ("metareg_strategies.protonet:PrototypicalNetworks", {}, 5, 15, "conv4"),
+    "metareg-anil": ("metareg_strategies.anil:ANIL", {"adaptation_steps": 1}, 1, 1, "conv4_omniglot"),
+    "metareg-metaoptnet-svm": ("metareg_strategies.metaoptnet:MetaOptNet", {"base_learner": "svm"}, 5, 15, "conv4"),
+    "metareg-metaoptnet-ridge": ("metareg_strategies.metaoptnet:MetaOptNet", {"base_learner": "ridge"}, 5, 15,
+                                 "conv4"),
+    "metareg-default": ("metareg_strategies.supervised:Supervised", {}, 5, 15, "conv4"),
 }
 L2L_MODES = ("l2l-maml", "l2l-protonet")
 # The reference file's own plain-tensor loops, for context (not in the default run).
@@ -111,16 +117,16 @@ def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channe
     import contextlib
 
     import torch
-    from metareg_backbones.conv import conv4
+    from metareg_backbones import conv
 
     import metareg
     from metareg.episodes import episode_labels, split_episodes
 
-    factory_ref, options, shots, queries = METAREG_MODES[mode]
+    factory_ref, options, shots, queries, backbone_name = METAREG_MODES[mode]
     module, attr = factory_ref.split(":")
     factory = getattr(importlib.import_module(module), attr)
     torch.manual_seed(0)
-    backbone = conv4(channels=1, image_size=28)
+    backbone = getattr(conv, backbone_name)(channels=1, image_size=28)
     classes = [f"c{i}" for i in range(int(y.max()) + 1)]
     task = metareg.TaskInfo(ways=WAYS, shots=shots, queries=queries, test_ways=WAYS, test_shots=shots,
                             test_queries=queries, num_train_classes=len(classes), channels=1, image_size=28,
@@ -129,7 +135,7 @@ def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channe
     strategy.setup(backbone, task)
     strategy.to(device).train()
     images = x.to(device)
-    if channels_last:  # an experiment: metareg's core does not do this (yet)
+    if channels_last:  # what `metareg run` does by default (--no-channels-last turns it off)
         strategy.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in strategy.parameters() if p.requires_grad], 1e-3)
@@ -168,7 +174,8 @@ def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channe
         opt.step()
 
     rate = timed(step, seconds, sync)
-    return {"config": f"{WAYS}w{shots}s{queries}q x{TASKS} tasks" + (", 1 inner step" if "maml" in mode else ""),
+    return {"config": f"{WAYS}w{shots}s{queries}q x{TASKS} tasks" + (", 1 inner step" if "maml" in mode else "")
+            + f", {backbone_name.replace('_', '-')}",
             "steps_per_s": round(rate, 4), "episodes_per_s": round(rate * TASKS, 3)}
 
 

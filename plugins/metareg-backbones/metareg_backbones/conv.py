@@ -45,11 +45,14 @@ class Conv4(Backbone):
                 size = (size + 1) // 2
             cin = hidden
         self.features = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1) if pooled else nn.Identity()
+        self.pooled = pooled
         self.out_features = hidden if pooled else hidden * size * size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.features(x)).flatten(1)
+        x = self.features(x)
+        # A plain mean, not nn.AdaptiveAvgPool2d: under torch.func.vmap (MAML's inner loop) the
+        # adaptive pool has no batching rule and falls back to a slow per-episode loop.
+        return x.mean((2, 3)) if self.pooled else x.flatten(1)
 
 
 def conv4(
