@@ -138,7 +138,7 @@ class MAML(GradientAdaptation):
         --ways classes) or 'zero' (the head starts at zero in every episode, so any number of ways works).
 
     Batch norm: the backbone's batch-norm layers are switched to batch statistics for good
-    (running statistics are dropped; same parameters, spelt with plain tensor ops because
+    (running statistics are dropped; same parameters, with a hand-written backward pass because
     torch.func's second derivative through F.batch_norm under vmap is wrong): the
     inner loop normalises with each support batch's statistics, which is what MAML's code does,
     and so does evaluation (transductive: each episode's support and query sets are normalised
