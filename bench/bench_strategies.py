@@ -93,6 +93,10 @@ def omniglot(zip_path: Path, size: int = 28):
 
 
 # ------------------------------------------------------------------ timing
+PROFILE_STEPS = 0  # --profile N: after timing, profile N more steps (CPU only)
+PROFILED: list[dict] = []
+
+
 def timed(step, seconds: float, sync, warmup: int = 1, min_steps: int = 2) -> float:
     for _ in range(warmup):
         step()
@@ -102,7 +106,30 @@ def timed(step, seconds: float, sync, warmup: int = 1, min_steps: int = 2) -> fl
         step()
         n += 1
     sync()
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    if PROFILE_STEPS:
+        PROFILED.append(convolution_time(step, PROFILE_STEPS))
+    return rate
+
+
+def convolution_time(step, steps: int) -> dict:
+    """Seconds per step inside convolution kernels (forward and backward) vs. the whole profiled step.
+
+    The convolutions are the work every loop here must do; what is left (batch norm, ReLU,
+    pooling, optimiser, sampling, Python) is what a faster loop can save. A loop that did the
+    same convolutions at the same speed and nothing else could go at most
+    1 / convolution share of the profiled loop's speed.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t0) / steps
+    conv = sum(e.self_cpu_time_total for e in prof.key_averages()
+               if e.key.startswith("aten::") and "convolution" in e.key) / 1e6 / steps
+    return {"conv_s_per_step": conv, "profiled_s_per_step": wall}
 
 
 def peak_memory(device: str) -> dict:
@@ -218,6 +245,12 @@ def worker(mode: str, device: str, seconds: float, bf16: bool, channels_last: bo
             r = run_metareg(mode, x, y, device, seconds, bf16, channels_last)
     except Exception as e:  # noqa: BLE001 - one failing mode must not hide the others
         r = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    if PROFILED and "steps_per_s" in r:
+        per_step = r.get("episodes_per_s", r.get("images_per_s", 0)) / r["steps_per_s"]
+        p = PROFILED[-1]
+        r["conv_share"] = round(p["conv_s_per_step"] / p["profiled_s_per_step"], 3)
+        if "episodes_per_s" in r:
+            r["conv_ms_per_episode"] = round(1000 * p["conv_s_per_step"] / per_step, 2)
     r.update(peak_memory(device))
     if device == "cpu":
         r["rss_before_mib"] = before["peak_rss_mib"]
@@ -241,6 +274,8 @@ def main() -> None:
     ap.add_argument("--channels-last", action="store_true",
                     help="metareg modes with channels_last model and images (metareg run's default)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in every mode (0: torch's default)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="CPU only: profile N extra steps per mode and report the share of time in convolutions")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     global ZIP
@@ -250,6 +285,8 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
+    global PROFILE_STEPS
+    PROFILE_STEPS = a.profile if a.device == "cpu" else 0
     if a.worker:
         print(json.dumps(worker(a.worker, a.device, a.seconds, a.bf16, a.channels_last)), flush=True)
         return
@@ -274,6 +311,8 @@ def main() -> None:
             cmd += ["--threads", str(a.threads)]
         if a.channels_last:
             cmd.append("--channels-last")
+        if PROFILE_STEPS:
+            cmd += ["--profile", str(PROFILE_STEPS)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
         try:
@@ -306,6 +345,11 @@ def main() -> None:
         else:
             verdict = "meets" if r >= goal else "MISSES"
             print(f"{what}: metareg / learn2learn = {r:.2f}x  (target >= {goal}x on {a.device}: {verdict})")
+        ours_conv, theirs_conv = results[ours].get("conv_ms_per_episode"), results[theirs].get("conv_ms_per_episode")
+        if ours_conv and theirs_conv and results[theirs].get("episodes_per_s"):
+            ceiling = 1000 / results[theirs]["episodes_per_s"] / ours_conv
+            print(f"  convolutions alone: metareg {ours_conv} ms/episode, learn2learn {theirs_conv} ms/episode; "
+                  f"a loop doing nothing but metareg's convolutions would reach at most {ceiling:.2f}x learn2learn")
 
 
 if __name__ == "__main__":
