@@ -39,6 +39,7 @@ class MetaLearner(pl.LightningModule):
         self.test_results: tuple[list[int], list[float]] | None = None
         self.report_dir = None  # where the first process writes test_episodes.csv
         self._warned_frozen = False
+        self._ddp_reduced: set[int] | None = None  # ids of the parameters DDP all-reduces itself
 
     def setup(self, stage: str) -> None:
         if self.config.channels_last:
@@ -78,6 +79,39 @@ class MetaLearner(pl.LightningModule):
         return out
 
     # ----------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        # DDP (wrapped just before this hook) all-reduces only the parameters that required
+        # gradients when it was built; a finetune schedule that unfreezes the backbone later would
+        # leave those gradients unsynchronised and the processes' weights would drift apart.
+        from pytorch_lightning.strategies import DDPStrategy
+
+        if isinstance(self.trainer.strategy, DDPStrategy) and self.trainer.world_size > 1:
+            self._ddp_reduced = {id(p) for p in self.parameters() if p.requires_grad}
+
+    def on_after_backward(self) -> None:
+        if self._ddp_reduced is None:
+            return
+        late = [p.grad for p in self.parameters()
+                if p.requires_grad and p.grad is not None and id(p) not in self._ddp_reduced]
+        if late:  # every process unfreezes at the same epoch, so all join these all-reduces
+            flat = torch.cat([g.reshape(-1) for g in late])
+            torch.distributed.all_reduce(flat)
+            flat /= self.trainer.world_size
+            for g, part in zip(late, flat.split([g.numel() for g in late]), strict=True):
+                g.copy_(part.view_as(g))
+
+    def on_train_end(self) -> None:
+        if self._ddp_reduced is None:
+            return
+        # Every process must end with the same weights; a cheap check that says so loudly if not.
+        sums = torch.stack([p.detach().double().sum() for p in self.parameters()])
+        gathered = self.all_gather(sums)
+        if not torch.equal(gathered.min(0).values, gathered.max(0).values):
+            raise MetaregError(
+                "the training processes ended with different weights (their gradients were not all "
+                "synchronised); this is a metareg bug, please report it with your command line"
+            )
+
     def on_train_epoch_start(self) -> None:
         train_set = self.trainer.datamodule.train_set if self.trainer.datamodule is not None else None
         if train_set is not None:

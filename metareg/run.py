@@ -196,6 +196,14 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
                           getattr(prepared.dataset, "info", {}))
     trainer = _trainer(config, run_dir, fit=True)
     prepared.datamodule.check_world_size(trainer.world_size)
+    if trainer.world_size > 1 and not any(p.requires_grad for p in learner.parameters()):
+        raise ConfigError(
+            f"nothing is trainable when training starts (the backbone is frozen by its finetune option and "
+            f"strategy {config.strategy!r} has no parameters of its own), and distributed training (DDP) cannot "
+            f"wrap a model without trainable parameters. Train on one device (--devices 1), unfreeze from the "
+            f"start (--backbone-opt finetune=no_freeze or unfreeze_epoch=0), or use a strategy with parameters "
+            f"of its own such as maml"
+        )
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by processes that Lightning launches
     if trainer.global_rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -70,3 +70,30 @@ def test_training_episodes_are_split_across_ranks_without_collisions():
     assert len(rank0) == len(rank1) == 4 and not rank0 & rank1  # no rank repeats another's episodes
     dm.train_set.epoch = 1
     assert not torch.equal(samples(0), batches[0])  # a new epoch draws new episodes
+
+
+def test_unfreezing_under_ddp_keeps_the_processes_in_step(tmp_path):
+    """DDP only all-reduces what was trainable when it wrapped the model; a backbone unfrozen at
+    epoch 1 must still get synchronised gradients (the learner checks that all processes end with
+    the same weights, and fails the run if not)."""
+    import torch
+    from metareg_backbones.conv import conv4
+
+    weights = tmp_path / "conv4.pt"
+    torch.save(conv4(channels=1, image_size=14, hidden=8).state_dict(), weights)
+    frozen = ["--backbone-opt", f"pretrained={weights}", "--backbone-opt", "finetune=freeze_unfreeze",
+              "--backbone-opt", "unfreeze_epoch=1"]
+    ddp = ["--devices", "2", "--accelerator", "cpu", "--trainer-strategy", "ddp_spawn"]
+    out = tmp_path / "maml"
+    result = CliRunner().invoke(cli, ["run", *TINY, *frozen, *ddp, "--strategy", "maml", "--max-epochs", "3",
+                                      "--output-dir", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "3-way 1-shot" in result.output
+
+    # A parameter-free strategy on a frozen backbone leaves DDP nothing to wrap: a clear error first.
+    out = tmp_path / "protonet"
+    result = CliRunner().invoke(cli, ["run", *TINY, *frozen, *ddp, "--output-dir", str(out)])
+    assert result.exit_code != 0
+    assert "nothing is trainable when training starts" in result.output
+    assert "--devices 1" in result.output
+    assert not out.exists()
