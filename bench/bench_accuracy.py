@@ -30,7 +30,7 @@ TRAIN = {
     "maml": dict(ways=5, shots=1, queries=5, meta_batch_size=16, lr=1e-3, backbone="conv4-omniglot",
                  strategy_options={"adaptation_steps": 1, "adaptation_lr": 0.4, "test_adaptation_steps": 3}),
     "anil": dict(ways=5, shots=1, queries=5, meta_batch_size=16, lr=1e-3, backbone="conv4-omniglot",
-                 strategy_options={"adaptation_steps": 1, "test_adaptation_steps": 3}),
+                 strategy_options={"adaptation_steps": 1, "adaptation_lr": 0.4, "test_adaptation_steps": 3}),
     "metaoptnet": dict(ways=5, shots=1, queries=5, meta_batch_size=8, lr=1e-3),
     "default": dict(ways=5, shots=1, queries=5, meta_batch_size=8, lr=1e-3),
 }
