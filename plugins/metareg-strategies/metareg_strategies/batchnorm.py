@@ -9,7 +9,8 @@ the output; ``tests/test_maml_gradcheck.py`` checks against a plain autograd loo
 :class:`BatchStatisticsFunction` keeps PyTorch's fused batch-norm kernel for the forward pass
 and spells the backward pass with plain tensor operations, recomputed from the saved input,
 so autograd differentiates the backward itself exactly (the meta-gradient's second-order
-terms). Fewer, larger operations than spelling the forward with mean/var/rsqrt.
+terms). Against spelling the forward itself with mean/var/rsqrt, a MAML step on the Omniglot
+Conv-4 measured about 5% faster with 2 threads and the same with 1 (within noise).
 """
 from __future__ import annotations
 
