@@ -154,7 +154,7 @@ def peak_memory(device: str) -> dict:
     return {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
-def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channels_last: bool = False) -> dict:
+def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channels_last: bool | None = None) -> dict:
     import contextlib
 
     import torch
@@ -176,7 +176,9 @@ def run_metareg(mode: str, x, y, device: str, seconds: float, bf16: bool, channe
     strategy.setup(backbone, task)
     strategy.to(device).train()
     images = x.to(device)
-    if channels_last:  # what `metareg run` does by default (--no-channels-last turns it off)
+    if channels_last is None:  # as `metareg run` decides when --channels-last is not given
+        channels_last = strategy.channels_last
+    if channels_last:
         strategy.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.Adam([p for p in strategy.parameters() if p.requires_grad], 1e-3)
@@ -241,7 +243,7 @@ def run_l2l(mode: str, x, y, device: str, seconds: float) -> dict:
     return {"config": r["config"], "steps_per_s": round(raw[-1], 4), "episodes_per_s": round(raw[-1] * per_step, 3)}
 
 
-def worker(mode: str, device: str, seconds: float, bf16: bool, channels_last: bool) -> dict:
+def worker(mode: str, device: str, seconds: float, bf16: bool, channels_last: bool | None) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -285,8 +287,9 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=DEFAULT_MODES, choices=DEFAULT_MODES + list(REFERENCE_MODES))
     ap.add_argument("--bf16", action="store_true", help="metareg modes under bf16 autocast")
     ap.add_argument("--data", type=Path, default=None, help="Omniglot images_background.zip")
-    ap.add_argument("--channels-last", action="store_true",
-                    help="metareg modes with channels_last model and images (metareg run's default)")
+    ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="metareg modes with channels_last model and images, or not; default: each strategy's "
+                         "choice, as `metareg run` makes it")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads in every mode (0: torch's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="CPU only: profile N extra steps per mode and report the share of time in convolutions")
@@ -312,7 +315,8 @@ def main() -> None:
     device_name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or platform.machine()
     print(f"# bench_strategies: device={a.device} ({device_name}), torch {torch.__version__}, "
           f"threads={torch.get_num_threads()}, cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, "
-          f"{a.seconds:.0f} s per mode, bf16={a.bf16}, channels_last={a.channels_last}", flush=True)
+          f"{a.seconds:.0f} s per mode, bf16={a.bf16}, "
+          f"channels_last={'per strategy' if a.channels_last is None else a.channels_last}", flush=True)
     t0 = time.perf_counter()
     omniglot(ZIP)  # decode once, before any timing
     print(f"# data ready ({time.perf_counter() - t0:.1f} s)", flush=True)
@@ -371,8 +375,8 @@ def run_mode(mode: str, a: argparse.Namespace) -> dict:
         cmd.append("--bf16")
     if a.threads:
         cmd += ["--threads", str(a.threads)]
-    if a.channels_last:
-        cmd.append("--channels-last")
+    if a.channels_last is not None:
+        cmd.append("--channels-last" if a.channels_last else "--no-channels-last")
     if PROFILE_STEPS:
         cmd += ["--profile", str(PROFILE_STEPS)]
     stolen = stolen_seconds()

@@ -41,7 +41,8 @@ HELP = {
     "accelerator": "Lightning accelerator: auto, cpu, gpu, ...",
     "devices": "Lightning devices: a count, a list like 0,1, or auto.",
     "precision": "Lightning precision: 32-true, 16-mixed, bf16-mixed, ...",
-    "channels_last": "Keep convolution weights in channels-last (NHWC) memory layout (faster on many CPUs and GPUs).",
+    "channels_last": "Keep convolution weights in channels-last (NHWC) memory layout (faster on many CPUs and GPUs). "
+                     "Default: the strategy's choice (on, except for maml).",
     "trainer_strategy": "Lightning's distribution strategy: auto, ddp, ddp_spawn, fsdp, ...",
     "num_nodes": "Machines for distributed training.",
     "output_dir": "Run directory (default: runs/<time>-<strategy>-<dataset>).",
@@ -65,7 +66,7 @@ def config_options(func, only: set[str] | None = None):
         if f.name in OPTION_SECTIONS or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
+        if hints[f.name] in (bool, bool | None):
             func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None,
                                 help=HELP.get(f.name, ""))(func)
         else:

@@ -42,7 +42,10 @@ class MetaLearner(pl.LightningModule):
         self._ddp_reduced: set[int] | None = None  # ids of the parameters DDP all-reduces itself
 
     def setup(self, stage: str) -> None:
-        if self.config.channels_last:
+        channels_last = self.config.channels_last
+        if channels_last is None:
+            channels_last = self.strategy.channels_last
+        if channels_last:
             # Converting the weights is enough: convolutions then compute in NHWC whatever the input layout.
             self.strategy.to(memory_format=torch.channels_last)
 

@@ -57,6 +57,10 @@ class Strategy(nn.Module):
     #: True when a query's logits depend on the other queries evaluated with it (batch
     #: statistics over the query set, as MAML's batch norm); `metareg predict` says so.
     transductive: ClassVar[bool] = False
+    #: Whether convolutions should run in channels-last (NHWC) layout when the run does not
+    #: say (``channels_last`` unset): faster for ordinary training on CPUs and GPUs, slower for
+    #: MAML's vmapped inner loop, which turns the episodes into grouped convolutions.
+    channels_last: ClassVar[bool] = True
 
     def setup(self, backbone: nn.Module, task: TaskInfo) -> None:
         """Receive the backbone (as a submodule) and the task description."""

@@ -273,12 +273,15 @@ def test_channels_last_converts_the_convolutions_and_can_be_turned_off():
     from metareg.learner import MetaLearner
     from metareg.run import _Prepared
 
-    for flag, expected in ((True, torch.channels_last), (False, torch.contiguous_format)):
-        config = RunConfig.from_sources({"dataset_options": {"image_size": 14, "samples_per_class": 6},
-                                         "channels_last": flag})
+    # unset: the strategy's preference (maml's vmapped inner loop runs faster in the default layout)
+    cases = (({}, torch.channels_last), ({"channels_last": False}, torch.contiguous_format),
+             ({"strategy": "maml"}, torch.contiguous_format), ({"strategy": "maml", "channels_last": True},
+                                                                torch.channels_last))
+    for settings, expected in cases:
+        config = RunConfig.from_sources({"dataset_options": {"image_size": 14, "samples_per_class": 6}, **settings})
         prepared = _Prepared(config)
         learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, "glyphs")
         learner.setup("fit")
         convs = [m.weight for m in learner.modules() if isinstance(m, torch.nn.Conv2d)]
-        assert convs and all(w.is_contiguous(memory_format=expected) for w in convs)
+        assert convs and all(w.is_contiguous(memory_format=expected) for w in convs), settings
     assert "channels_last: false" in run("--no-channels-last", "--print-config").output
