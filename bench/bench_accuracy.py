@@ -29,8 +29,10 @@ TRAIN = {
     # MAML's Omniglot network (stride-2 convs): learn2learn's OmniglotCNN, the paper's setting.
     "maml": dict(ways=5, shots=1, queries=5, meta_batch_size=16, lr=1e-3, backbone="conv4-omniglot",
                  strategy_options={"adaptation_steps": 1, "adaptation_lr": 0.4, "test_adaptation_steps": 3}),
+    # ANIL's head is meta-learnt for exactly its training steps: with lr 0.4, 2-3 test steps overshoot
+    # (5w5s: 93.1 % after 1 step, 83.3 % after 3, 95.5 % after 10), so it tests with the 1 it trained with.
     "anil": dict(ways=5, shots=1, queries=5, meta_batch_size=16, lr=1e-3, backbone="conv4-omniglot",
-                 strategy_options={"adaptation_steps": 1, "adaptation_lr": 0.4, "test_adaptation_steps": 3}),
+                 strategy_options={"adaptation_steps": 1, "adaptation_lr": 0.4}),
     "metaoptnet": dict(ways=5, shots=1, queries=5, meta_batch_size=8, lr=1e-3),
     "default": dict(ways=5, shots=1, queries=5, meta_batch_size=8, lr=1e-3),
 }
