@@ -18,7 +18,9 @@ from metareg.errors import (
     MetaregError,
     OptionError,
     PluginError,
+    WriteError,
 )
+from metareg.files import atomic_output, atomic_write
 from metareg.hookspecs import hookimpl
 from metareg.records import BackboneSpec, DatasetSpec, StrategySpec, TransformSpec
 
@@ -63,6 +65,9 @@ __all__ = [
     "ConfigError",
     "DataError",
     "CheckpointError",
+    "WriteError",
+    "atomic_write",
+    "atomic_output",
     *_LAZY,
 ]
 

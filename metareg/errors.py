@@ -35,3 +35,11 @@ class DataError(MetaregError, ValueError):
 
 class CheckpointError(MetaregError):
     """A checkpoint is corrupt, foreign, or from an incompatible version."""
+
+
+class WriteError(MetaregError):
+    """A file could not be written (full disk, permissions, not a regular file, output equals an input).
+
+    The message names the path and the reason; the previous file, if any, is intact. Not an
+    ``OSError`` on purpose: handlers that retry on ``OSError`` (downloads) must not swallow it.
+    """

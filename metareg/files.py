@@ -1,0 +1,182 @@
+"""The one way metareg writes a file.
+
+Every file metareg writes (summaries, CSVs, checkpoints, exports, predictions, caches)
+goes to a temporary file in the destination's directory, is flushed and synced, and
+only then renamed onto the destination. A reader, a crash or a full disk therefore
+sees either the previous file or the complete new one, never a mixture.
+
+The rename replaces only regular files: a symbolic link, a directory or a device node
+at the destination is refused, since renaming over it would silently turn a link into
+a copy or replace ``/dev/something``. An output that is one of the command's inputs is
+refused before anything is written. Failures of the operating system (full disk,
+permissions, read-only file system) become :class:`~metareg.errors.WriteError`, which
+names the path and the reason; the temporary file is removed and the previous file is
+left as it was.
+
+This module is imported by ``import metareg``: it must stay free of torch.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from metareg.errors import WriteError
+
+__all__ = ["WriteError", "atomic_output", "atomic_write", "check_target", "refuse_same_file"]
+
+# Errors of the body of `atomic_output` that mean "the file could not be written", as
+# opposed to, say, a missing input the body was reading.
+WRITE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "EIO", "ENAMETOOLONG", "EISDIR",
+                 "ENOTDIR", "EEXIST", "EMFILE", "ENFILE", "EXDEV", "EINVAL")
+    if hasattr(errno, name)
+)
+
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def check_target(path: str | os.PathLike) -> Path:
+    """Refuse a destination that exists and is not a regular file (checked without following links)."""
+    path = Path(path)
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise WriteError(f"cannot write {str(path)!r}: {_reason(exc)}") from None
+    if stat.S_ISREG(mode):
+        return path
+    kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    raise WriteError(
+        f"refusing to write {str(path)!r}: it is {kind}, and metareg only replaces regular files; "
+        "choose another output path"
+    )
+
+
+def refuse_same_file(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Raise :class:`WriteError` when ``output`` is one of ``inputs`` (same file, by any path)."""
+    out = Path(output)
+    for source in inputs:
+        if source is None:
+            continue
+        same = os.path.realpath(out) == os.path.realpath(source)
+        if not same and out.exists() and Path(source).exists():
+            try:
+                same = os.path.samefile(out, source)
+            except OSError:
+                same = False
+        if same:
+            raise WriteError(
+                f"refusing to write {str(out)!r}: it is the input {str(source)!r}, which writing would destroy; "
+                "choose another output path"
+            )
+
+
+def _new_mode(path: Path) -> int:
+    """An existing file keeps its permissions; a new one gets the umask's (mkstemp's 0600 is for secrets)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some file systems cannot open or sync a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _failure(path: Path, exc: OSError) -> WriteError:
+    previous = "the previous file is unchanged" if path.is_file() else "nothing was written"
+    return WriteError(f"cannot write {str(path)!r}: {_reason(exc)} ({previous})")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, inputs: tuple = ()) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``.
+
+    For writers that want a file name (``torch.onnx.export``, ``PIL.Image.save``)::
+
+        with atomic_output("model.onnx", inputs=[checkpoint]) as tmp:
+            torch.onnx.export(module, example, tmp)
+
+    Anything raised inside the block removes the temporary file and leaves ``path`` as it
+    was; an ``OSError`` of writing becomes :class:`WriteError`.
+    """
+    path = Path(path)
+    refuse_same_file(path, *inputs)
+    check_target(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _failure(path, exc) from None
+    tmp = Path(name)
+    try:
+        try:
+            yield tmp
+            os.chmod(tmp, _new_mode(path))
+            _sync(name)
+            check_target(path)  # something may have appeared there while we wrote
+            os.replace(tmp, path)
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise _failure(path, exc) from None
+            raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    _sync_dir(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # a zero-length write on a full device: report it as what it is
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes, *, inputs: tuple = ()) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; return ``path``."""
+    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    with atomic_output(path, inputs=inputs) as tmp:
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            _write_all(fd, payload)
+        finally:
+            os.close(fd)
+    return Path(path)
