@@ -68,7 +68,48 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         )
     if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{str(path)!r} has no model weights (state_dict)")
+    check_sections(meta, str(path))
     return ckpt
+
+
+# What rebuilding a model reads from a checkpoint's metareg section: section -> keys it must hold.
+SECTIONS = {
+    "config": (),
+    "task": ("channels", "image_size", "num_train_classes"),
+    "data": ("name",),
+}
+
+
+def check_sections(meta: dict[str, Any], source: str) -> None:
+    """Refuse a metareg section that lacks what :func:`model_from_payload` reads, naming the file and the part."""
+    for section, keys in SECTIONS.items():
+        value = meta.get(section)
+        if not isinstance(value, dict):
+            state = "missing" if value is None else f"a {type(value).__name__}, not a mapping"
+            raise CheckpointError(
+                f"{source!r} is incomplete: its metareg section {section!r} is {state}; the file was damaged or "
+                "edited by hand: use a checkpoint as `metareg run` wrote it (RUN_DIR/checkpoints/last.ckpt)"
+            )
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise CheckpointError(
+                f"{source!r} is incomplete: its metareg section {section!r} lacks {', '.join(map(repr, missing))}; "
+                "use a checkpoint as `metareg run` wrote it (RUN_DIR/checkpoints/last.ckpt)"
+            )
+
+
+def check_finite(state: dict[str, Any], source: str) -> None:
+    """Refuse weights holding NaN or infinity: such a model answers at chance level without a word."""
+    import torch
+
+    for name, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{source!r} holds non-finite weights: {name!r} has {bad} NaN or infinite value"
+                f"{'' if bad == 1 else 's'} of {value.numel()}; the training that wrote it diverged: use an "
+                "earlier checkpoint or train again with a smaller learning rate"
+            )
 
 
 @dataclass
@@ -105,7 +146,12 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
     from metareg.config import RunConfig
     from metareg.errors import MetaregError
 
-    config = RunConfig.from_sources(meta["config"])
+    check_sections(meta, source)
+    check_finite(state, source)
+    try:
+        config = RunConfig.from_sources(meta["config"])
+    except MetaregError as exc:
+        raise CheckpointError(f"the settings stored in {source!r} are invalid: {exc}") from None
     try:
         components = resolve_all(config, registry, dataset=False)
     except MetaregError as exc:
@@ -116,7 +162,13 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
     )
     for prefix, module in (("strategy.", strategy), ("transform.", transform)):
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        missing, unexpected = module.load_state_dict(part, strict=False)
+        try:
+            missing, unexpected = module.load_state_dict(part, strict=False)
+        except RuntimeError as exc:  # shapes that differ from the rebuilt model's
+            raise CheckpointError(
+                f"weights in {source!r} do not fit the {prefix[:-1]} rebuilt from its config "
+                f"({str(exc).strip().splitlines()[-1].strip()}); was a plugin upgraded since training?"
+            ) from None
         if missing or unexpected:
             raise CheckpointError(
                 f"weights in {source!r} do not fit the {prefix[:-1]} rebuilt from its config "

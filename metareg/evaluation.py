@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+from metareg.files import atomic_write
 
 # Two-sided 95% quantile of the normal distribution; with >= 100 episodes the
 # Student-t quantile differs from it in the third decimal.
@@ -54,11 +57,12 @@ def summarise(accuracies, ways: int, shots: int, queries: int) -> Report:
 
 def write_episodes(path: Path, episode_ids, accuracies) -> None:
     """One row per test episode, so two runs can be compared episode by episode."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["episode", "accuracy"])
-        for i, a in zip(episode_ids, accuracies, strict=True):
-            w.writerow([int(i), f"{float(a):.6f}"])
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer)
+    w.writerow(["episode", "accuracy"])
+    for i, a in zip(episode_ids, accuracies, strict=True):
+        w.writerow([int(i), f"{float(a):.6f}"])
+    atomic_write(path, buffer.getvalue())
 
 
 def read_episodes(path: Path) -> dict[int, float]:

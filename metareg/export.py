@@ -24,6 +24,7 @@ transform's evaluation step happen inside.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from metareg.errors import CheckpointError, MetaregError, OptionError
+from metareg.files import atomic_write, check_target, refuse_same_file
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
@@ -145,36 +147,42 @@ def _head_info(head) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------- writing
 
 
-def export(model, output: str | os.PathLike, fmt: str, *, invert: bool) -> Path:
-    """Write ``model`` (a :class:`metareg.checkpoint.LoadedModel`) to ``output`` in format ``fmt``."""
+def check_output(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
+    """Refuse, before any work, an output that is an input or is not a regular file."""
+    refuse_same_file(output, *inputs)
+    check_target(output)
+
+
+def export(model, output: str | os.PathLike, fmt: str, *, invert: bool, inputs: tuple = ()) -> Path:
+    """Write ``model`` (a :class:`metareg.checkpoint.LoadedModel`) to ``output`` in format ``fmt``.
+
+    Every format is serialised in memory and written with :func:`metareg.files.atomic_write`:
+    torch reports a failing file write as a C++ error (or aborts the process), which would
+    hide the OS reason and leave a partial file. ``inputs`` are files the output must not be.
+    """
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output(output, *inputs)
     model.strategy.cpu().eval()
     model.transform.cpu().eval()
-    if fmt == "safetensors":
-        _export_safetensors(model, output, invert)
-    elif fmt == "torchscript":
-        _export_torchscript(model, output, invert)
-    elif fmt == "onnx":
-        _export_onnx(model, output, invert)
-    else:
+    writers = {"safetensors": _export_safetensors, "torchscript": _export_torchscript, "onnx": _export_onnx}
+    if fmt not in writers:
         raise OptionError(f"export format {fmt!r} is not one of {', '.join(FORMATS)}")
-    return output
+    return atomic_write(output, writers[fmt](model, invert), inputs=inputs)
 
 
 def _example(model, n: int = 2) -> torch.Tensor:
     return torch.rand(n, model.task.channels, model.task.image_size, model.task.image_size)
 
 
-def _export_safetensors(model, output: Path, invert: bool) -> None:
-    from safetensors.torch import save_file
+def _export_safetensors(model, invert: bool) -> bytes:
+    from safetensors.torch import save
 
     tensors = {}
     for prefix, module in (("strategy.", model.strategy), ("transform.", model.transform)):
         for k, v in module.state_dict().items():
             tensors[prefix + k] = v.detach().cpu().contiguous().clone()
     meta = describe(model, invert)
-    save_file(tensors, os.fspath(output), metadata={"metareg": json.dumps(meta, default=str)})
+    return save(tensors, metadata={"metareg": json.dumps(meta, default=str)})
 
 
 def _traced_embedder(model, invert: bool):
@@ -190,7 +198,7 @@ def _traced_embedder(model, invert: bool):
             ) from exc
 
 
-def _export_torchscript(model, output: Path, invert: bool) -> None:
+def _export_torchscript(model, invert: bool) -> bytes:
     head = model.strategy.export_head()
     if head is None:
         raise MetaregError(
@@ -209,7 +217,9 @@ def _export_torchscript(model, output: Path, invert: bool) -> None:
             raise MetaregError(f"the prediction head of strategy {model.config.strategy!r} cannot be scripted "
                                f"({type(exc).__name__}: {exc}); export --format safetensors instead") from exc
         meta = json.dumps(describe(model, invert), default=str)
-        torch.jit.save(module, os.fspath(output), _extra_files={"metareg.json": meta})
+        buffer = io.BytesIO()
+        torch.jit.save(module, buffer, _extra_files={"metareg.json": meta})
+    return buffer.getvalue()
 
 
 class PrototypePipeline(nn.Module):
@@ -227,7 +237,7 @@ class PrototypePipeline(nn.Module):
         return self.head.logits(features[n:], prototypes).softmax(-1), features[n:]
 
 
-def _export_onnx(model, output: Path, invert: bool) -> None:
+def _export_onnx(model, invert: bool) -> bytes:
     try:
         import onnx
     except ImportError:
@@ -253,19 +263,20 @@ def _export_onnx(model, output: Path, invert: bool) -> None:
         names = {"input_names": ["images"], "output_names": ["features"]}
         axes = {"images": {0: "batch"}, "features": {0: "batch"}}
         meta["graph"] = "images (N, C, H, W) -> features (N, D)"
+    buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         try:
             # The TorchScript-based exporter: fast, dynamic axes, and no onnxscript needed.
-            torch.onnx.export(module, example, os.fspath(output), dynamo=False, dynamic_axes=axes, **names)
+            torch.onnx.export(module, example, buffer, dynamo=False, dynamic_axes=axes, **names)
         except Exception as exc:  # noqa: BLE001
             raise MetaregError(f"the model of {model.config.strategy!r} with backbone {model.config.backbone!r} "
                                f"cannot be exported to ONNX ({type(exc).__name__}: {exc}); "
                                "export --format safetensors instead") from exc
-    proto = onnx.load(os.fspath(output))
+    proto = onnx.load_from_string(buffer.getvalue())
     entry = proto.metadata_props.add()
     entry.key, entry.value = "metareg", json.dumps(meta, default=str)
-    onnx.save(proto, os.fspath(output))
+    return proto.SerializeToString()
 
 
 # ---------------------------------------------------------------------------- reading safetensors exports

@@ -29,12 +29,10 @@ from metareg.errors import WriteError
 
 __all__ = ["WriteError", "atomic_output", "atomic_write", "check_target", "refuse_same_file"]
 
-# Errors of the body of `atomic_output` that mean "the file could not be written", as
-# opposed to, say, a missing input the body was reading.
+# Errors raised inside an `atomic_output` block that mean "the file could not be written", as
+# opposed to, say, a missing input or a network error of a download the block was reading.
 WRITE_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "EIO", "ENAMETOOLONG", "EISDIR",
-                 "ENOTDIR", "EEXIST", "EMFILE", "ENFILE", "EXDEV", "EINVAL")
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG", "EROFS", "EACCES", "EPERM", "EIO")
     if hasattr(errno, name)
 )
 
@@ -147,14 +145,17 @@ def atomic_output(path: str | os.PathLike, *, inputs: tuple = ()) -> Iterator[Pa
     try:
         try:
             yield tmp
-            os.chmod(tmp, _new_mode(path))
-            _sync(name)
-            check_target(path)  # something may have appeared there while we wrote
-            os.replace(tmp, path)
         except OSError as exc:
             if exc.errno in WRITE_ERRNOS:
                 raise _failure(path, exc) from None
             raise
+        try:
+            os.chmod(tmp, _new_mode(path))
+            _sync(name)
+            check_target(path)  # something may have appeared there while the block wrote
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _failure(path, exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

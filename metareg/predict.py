@@ -492,18 +492,10 @@ def _read_cache(path: Path, key: str, classes: list[str]) -> dict[str, torch.Ten
 
 
 def _write_cache(path: Path, key: str, classes: list[str], state: dict[str, torch.Tensor]) -> None:
-    import tempfile
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from metareg.files import atomic_write
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
     meta = {"format": CACHE_FORMAT, "version": str(CACHE_VERSION), "key": key, "classes": json.dumps(classes)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, save(tensors, metadata=meta))

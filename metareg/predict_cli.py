@@ -45,7 +45,17 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
     """
     if output is not None and output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OptionError(f"--output {str(output)!r}: use a .csv or .json file name")
+    from metareg.files import atomic_write, check_target, refuse_same_file
     from metareg.predict import FewShotClassifier, collect_queries, read_support_folder
+
+    # Outputs that would destroy an input, or replace a link or device, are refused before any work.
+    inputs = (checkpoint, *queries)
+    for out in (output, cache):
+        if out is not None:
+            refuse_same_file(out, *inputs)
+            check_target(out)
+    if output is not None and cache is not None:
+        refuse_same_file(output, cache)
 
     # Every input is checked before the model does any work.
     n_support = sum(len(v) for v in read_support_folder(support).values())
@@ -78,12 +88,11 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
                    f"decoding queries {decoded - start:.2f}s, support {fitted - decoded:.2f}s, "
                    f"predicting {done - fitted:.2f}s", err=True)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
         if output.suffix.lower() == ".json":
             doc = {"checkpoint": str(checkpoint), "support": str(support), "classes": classes, "predictions": rows}
-            output.write_text(json.dumps(doc, indent=2) + "\n")
+            atomic_write(output, json.dumps(doc, indent=2) + "\n", inputs=inputs)
         else:
-            output.write_text(_csv(rows, classes))
+            atomic_write(output, _csv(rows, classes), inputs=inputs)
         if not quiet:
             click.echo(f"wrote {output}", err=True)
 
@@ -135,12 +144,13 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
     Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
     channels and resized to its image size (see the metadata's "inputs").
     """
-    from metareg.export import export, format_for
+    from metareg.export import check_output, export, format_for
     from metareg.predict import FewShotClassifier
 
     fmt = format_for(output, fmt)
+    check_output(output, checkpoint)
     clf = FewShotClassifier.from_checkpoint(checkpoint, invert=invert)
-    path = export(clf.model, output, fmt, invert=clf.invert)
+    path = export(clf.model, output, fmt, invert=clf.invert, inputs=(checkpoint,))
     size = path.stat().st_size
     click.echo(f"wrote {path} ({fmt}, {size / 1e6:.2f} MB; inputs: {clf.channels}x{clf.image_size}x{clf.image_size}, "
                f"invert={clf.invert})")

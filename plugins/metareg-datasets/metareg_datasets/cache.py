@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -37,21 +36,15 @@ def cache_dir() -> Path:
     return path
 
 
-def atomic_write(dest: Path, write: Callable[[Path], None], suffix: str = "") -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``dest``, then rename it to ``dest``."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp" + suffix, dir=dest.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600; caches are shared like any download
-        os.replace(tmp_path, dest)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-    return dest
+def atomic_write(dest: Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside ``dest``, then rename it to ``dest``.
+
+    metareg's one way to write a file (:func:`metareg.atomic_output`): synced before the
+    rename, ordinary permissions, and a full disk is a :class:`metareg.WriteError` naming ``dest``.
+    """
+    with metareg.atomic_output(dest) as tmp:
+        write(tmp)
+    return Path(dest)
 
 
 def save_npz(dest: Path, **arrays: np.ndarray) -> Path:
@@ -64,7 +57,7 @@ def save_npz(dest: Path, **arrays: np.ndarray) -> Path:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
 
-    return atomic_write(dest, write, suffix=".npz")
+    return atomic_write(dest, write)
 
 
 def load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray] | None:
