@@ -72,6 +72,17 @@ def cli(strict: bool, load_plugins: str | None, disable_plugins: str | None) -> 
         os.environ["METAREG_PLUGINS"] = load_plugins
     if disable_plugins is not None:
         os.environ["METAREG_DISABLE_PLUGINS"] = disable_plugins
+    if os.environ.get("METAREG_PLUGINS", "").strip() or os.environ.get("METAREG_DISABLE_PLUGINS", "").strip():
+        # Load now, so that a selection naming no plugin is refused before any command starts work.
+        from metareg.plugins import get_plugins
+
+        unknown = get_plugins().unknown_disabled
+        if unknown:
+            click.echo(
+                f"Warning: --disable-plugins / METAREG_DISABLE_PLUGINS names {', '.join(map(repr, unknown))}, "
+                f"which matches no installed plugin (see `metareg list --plugins`)",
+                err=True,
+            )
 
 
 def _registry():
@@ -149,8 +160,11 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
         rows = []
         for c in cs:
             name = c.record.name + (f" ({', '.join(c.record.aliases)})" if c.record.aliases else "")
+            clashing = [a for a in c.record.aliases if a in conflicts]
             if c.record.name in conflicts:
                 name = f"{c.qualified_name}  [name conflict]"
+            elif clashing:
+                name = f"{c.qualified_name} ({', '.join(c.record.aliases)})  [alias conflict: {', '.join(clashing)}]"
             provider = f"{c.plugin.distribution or c.plugin.name} {c.plugin.version or ''}".strip()
             rows.append(("  " + name, provider, c.record.summary))
         _print_table(rows)
@@ -160,7 +174,8 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
             click.echo(f"  {p.label}: failed at {p.stage}: {p.error}")
             if verbose and p.traceback:
                 click.echo("    " + p.traceback.replace("\n", "\n    "))
-        click.echo("  (run with --strict or METAREG_STRICT=1 to make this an error; -v for tracebacks)")
+        click.echo("  (run with --strict or METAREG_STRICT=1 to make this an error; -v for tracebacks;")
+        click.echo("   --disable-plugins DISTRIBUTION to skip one)")
 
 
 def _print_table(rows) -> None:

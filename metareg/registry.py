@@ -54,18 +54,20 @@ class Registry:
         plugin_name, _, short = name.rpartition(":")
         if plugin_name:
             pool = [p for p in pool if p.plugin.name == plugin_name or p.plugin.distribution == plugin_name]
-        matches = [p for p in pool if p.record.name == short]
-        if not matches:
-            matches = [p for p in pool if short in p.record.aliases]
+        # A name and an alias conflict alike: were names preferred, a plugin could take
+        # over a first-party alias (a strategy named `protonet`) without a word.
+        matches = [p for p in pool if short == p.record.name or short in p.record.aliases]
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
             listing = "\n".join(
-                f"  {p.qualified_name}  from {p.plugin.distribution or '?'} {p.plugin.version or '?'}" for p in matches
+                f"  {p.qualified_name}{'' if p.record.name == short else f' (alias {short!r})'}"
+                f"  from {p.plugin.distribution or '?'} {p.plugin.version or '?'}"
+                for p in matches
             )
             raise ComponentConflict(
                 f"{singular} {short!r} is registered by more than one plugin:\n{listing}\n"
-                f"Pick one with a qualified name, e.g. {matches[0].qualified_name!r}, or uninstall one of them."
+                f"Pick one with its qualified name, e.g. {matches[0].qualified_name!r}, or uninstall one of them."
             )
         raise ComponentNotFound(self._not_found(kind, singular, name, plugin_name))
 
