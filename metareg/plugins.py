@@ -190,7 +190,8 @@ def _check_value(info: PluginInfo, ep: metadata.EntryPoint) -> str | None:
     with an ``AttributeError`` about ``NoneType`` that says nothing of the cause)."""
     if metadata.EntryPoint.pattern.match(ep.value):
         return None
-    where = _entry_point_line(getattr(ep, "dist", None), ep) if getattr(ep, "dist", None) else ep.value
+    dist = getattr(ep, "dist", None)
+    where = _entry_point_line(dist, ep) if dist is not None else f"{ep.name} = {ep.value}"
     return (
         f"invalid entry point in {info.distribution or '?'} {info.version or '?'} ({where}): the value must be "
         f"'package.module' or 'package.module:attribute'; fix the [project.entry-points.{GROUP}] table of "
