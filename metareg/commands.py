@@ -9,6 +9,7 @@ import click
 from metareg.config import OPTION_SECTIONS, RunConfig
 from metareg.errors import ConfigError
 from metareg.options import parse_assignments
+from metareg.run import EVAL_SETTINGS
 
 HELP = {
     "dataset": "Dataset name (see `metareg list datasets`).",
@@ -120,6 +121,9 @@ def run_cmd(config_file, print_config, resume, **values):
             raise ConfigError("--resume needs --output-dir: the run directory to continue")
         from pathlib import Path
 
+        from metareg.rundir import check
+
+        check(Path(out).resolve(), "run", resume=True)  # a run, and not in use: before reading its settings
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"cannot resume: {str(saved)!r} does not exist")
@@ -134,8 +138,8 @@ def run_cmd(config_file, print_config, resume, **values):
         click.echo(result.report.line())
 
 
-EVAL_FIELDS = {"test_ways", "test_shots", "test_queries", "test_num_tasks", "seed", "dataset", "eval_meta_batch_size",
-               "accelerator", "devices", "precision", "trainer_strategy", "num_nodes", "output_dir", "progress"}
+# The settings eval may change: one list, shared with the check in metareg.run.evaluate.
+EVAL_FIELDS = EVAL_SETTINGS
 
 
 @click.command("eval")

@@ -8,6 +8,13 @@ Run directory layout::
     RUN/test_episodes.csv    accuracy of every fixed test episode
     RUN/summary.json         accuracy, 95% CI, episodes, seed, versions
     RUN/learning_curve.png
+    RUN/.metareg-run         marks the directory as a metareg run (see metareg.rundir)
+    RUN/.metareg-lock        held (flock) by the process that runs it
+    RUN/eval-*/              `metareg eval` results, each in a directory of its own
+
+A run directory is claimed before anything is written (metareg.rundir), every file is
+written atomically (metareg.files), and everything the run records about its own files
+is relative to it, so a copied or moved run resumes and evaluates from its own files.
 
 Re-entrancy: Lightning's ``ddp`` launcher re-executes the command line in each
 process. The first process picks the run directory and exports it as
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,6 +37,8 @@ from typing import Any
 from metareg.config import RunConfig
 from metareg.errors import CheckpointError, ConfigError, MetaregError
 from metareg.evaluation import Report, read_episodes, summarise
+from metareg.files import atomic_output, atomic_write
+from metareg.rundir import RunDir, check, read_marker, unique
 
 RUN_DIR_ENV = "METAREG_RUN_DIR"
 
@@ -54,20 +64,9 @@ def _run_dir(config: RunConfig, resume: bool) -> Path:
         raise ConfigError("--resume needs --output-dir: the run directory to continue")
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{stamp}-{config.strategy.replace(':', '_')}-{config.dataset.replace(':', '_')}"
-        n = 1
-        while path.exists():
-            n += 1
-            path = path.with_name(f"{path.name.split('~')[0]}~{n}")
+        path = unique(Path("runs") / f"{stamp}-{config.strategy.replace(':', '_')}-{config.dataset.replace(':', '_')}")
     path = path.resolve()
-    last = path / "checkpoints" / "last.ckpt"
-    if resume and not last.is_file():
-        raise ConfigError(f"cannot resume: {str(last)!r} does not exist; start the run without --resume")
-    if not resume and last.exists():
-        raise ConfigError(
-            f"{str(path)!r} already holds a run; pass --resume to continue it or choose another --output-dir "
-            "(nothing was overwritten)"
-        )
+    check(path, "run", resume=resume)  # read-only: refuse before any work starts
     return path
 
 
@@ -92,22 +91,25 @@ def _versions(plugins) -> dict[str, Any]:
     }
 
 
-def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool):
+def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool = False):
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger
+    from pytorch_lightning.callbacks import TQDMProgressBar
+
+    from metareg.checkpoint_io import AtomicCheckpointIO
+    from metareg.run_writers import MetricsLogger, RunCheckpoint
 
     callbacks, logger = [], False
     if fit:
         # Best on validation accuracy, and last.ckpt after every epoch. Lightning's own save_last only
         # writes when the best improved, which would leave --resume an epoch or more behind.
-        callbacks.append(ModelCheckpoint(
+        callbacks.append(RunCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_acc:.4f}", monitor="val_acc", mode="max",
             save_top_k=1, auto_insert_metric_name=False,
         ))
-        callbacks.append(ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
-                                         enable_version_counter=False))
-        logger = CSVLogger(str(run_dir), name="", version="")
+        callbacks.append(RunCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                                       enable_version_counter=False))
+        logger = MetricsLogger(run_dir, resume=resume)
+    budget = config.max_steps if config.max_steps > 0 else config.max_epochs * config.epoch_length
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.epoch_length // 20)))
     with warnings.catch_warnings():
@@ -128,7 +130,9 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool):
             num_sanity_val_steps=0,
             inference_mode=False,  # MAML-style strategies adapt with gradients during evaluation
             gradient_clip_val=config.gradient_clip_val,
-            log_every_n_steps=max(1, min(10, config.epoch_length)),
+            # never longer than the run: a budget shorter than the interval would leave no learning curve
+            log_every_n_steps=max(1, min(10, config.epoch_length, budget if budget > 0 else 10)),
+            plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir) if run_dir else None,
         )
 
@@ -181,20 +185,12 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
         config = config.replace(dataset=dataset.name)
     run_dir = _run_dir(config, resume)
     last = run_dir / "checkpoints" / "last.ckpt"
-    if resume:
-        from metareg.checkpoint import read_checkpoint
-
-        saved = read_checkpoint(last)["metareg"]["config"]
-        changed = {k for k in RunConfig.keys() if k not in _RESUMABLE and saved.get(k) != config.to_dict()[k]}
-        if changed:
-            raise ConfigError(
-                f"cannot resume {str(run_dir)!r} with different settings: {', '.join(sorted(changed))} "
-                f"differ from its config.yaml (only {', '.join(sorted(_RESUMABLE))} may change on resume)"
-            )
+    if resume and last.is_file():
+        _check_resume(run_dir, last, config)
     prepared = _Prepared(config, dataset, registry)
     learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, config.dataset,
                           getattr(prepared.dataset, "info", {}))
-    trainer = _trainer(config, run_dir, fit=True)
+    trainer = _trainer(config, run_dir, fit=True, resume=resume)
     prepared.datamodule.check_world_size(trainer.world_size)
     if trainer.world_size > 1 and not any(p.requires_grad for p in learner.parameters()):
         raise ConfigError(
@@ -204,24 +200,36 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
             f"start (--backbone-opt finetune=no_freeze or unfreeze_epoch=0), or use a strategy with parameters "
             f"of its own such as maml"
         )
+    # Processes that Lightning launches find the directory in the environment and write into it under
+    # their parent's claim; claiming it themselves would be refused.
+    claim = RunDir.joined(run_dir, "run") if _is_launched_worker() else RunDir.claim(run_dir, "run", resume=resume)
+    try:
+        return _train_claimed(config, prepared, learner, trainer, claim, resume)
+    finally:
+        claim.release()
+
+
+def _train_claimed(config: RunConfig, prepared: _Prepared, learner, trainer, claim: RunDir,
+                   resume: bool) -> RunResult:
+    run_dir = claim.path
+    last = run_dir / "checkpoints" / "last.ckpt"
+    from_checkpoint = resume and last.is_file()
+    if resume and not from_checkpoint and trainer.global_rank == 0:
+        sys.stderr.write(f"note: {str(run_dir)!r} saved no checkpoint before it stopped; starting it again\n")
+        _forget_outputs(run_dir)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # inherited by processes that Lightning launches
     if trainer.global_rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config.to_yaml())
+        atomic_write(run_dir / "config.yaml", config.to_yaml())
     learner.report_dir = run_dir
-    # Lightning's CSV logger starts metrics.csv afresh; keep the rows from before a resume.
-    earlier_metrics = (run_dir / "metrics.csv").read_text() if resume and (run_dir / "metrics.csv").is_file() else None
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-        trainer.fit(learner, datamodule=prepared.datamodule, ckpt_path=str(last) if resume else None,
-                    weights_only=True if resume else None)
+        trainer.fit(learner, datamodule=prepared.datamodule, ckpt_path=str(last) if from_checkpoint else None,
+                    weights_only=True if from_checkpoint else None)
     train_seconds = time.perf_counter() - start
-    if earlier_metrics is not None and trainer.global_rank == 0:
-        _merge_metrics(run_dir / "metrics.csv", earlier_metrics)
     best = _best_checkpoint(trainer, run_dir)
-    # A separate trainer without a logger: a second CSV logger would wipe metrics.csv.
+    # A separate trainer without a logger: a second logger would rewrite metrics.csv.
     tester = _trainer(config, None, fit=False)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
@@ -232,7 +240,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
         return None  # type: ignore[return-value] - only the first process reports
     result = _finish(run_dir, config, prepared.registry.plugins, extra={
         "train_seconds": round(train_seconds, 2),
-        "best_checkpoint": str(best),
+        "best_checkpoint": best.relative_to(run_dir).as_posix(),  # relative: the run stays valid when moved
         "resumed": resume,
     })
     _learning_curve(run_dir)
@@ -240,31 +248,59 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     return result
 
 
+def _check_resume(run_dir: Path, last: Path, config: RunConfig) -> None:
+    """Refuse a resume whose settings would not continue what the run computed so far."""
+    from metareg.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(last)["metareg"]["config"]
+    now = config.to_dict()
+    changed = {k for k in RunConfig.keys() if k not in RESUMABLE and saved.get(k) != now[k]}
+    if changed:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with different settings: {', '.join(sorted(changed))} "
+            f"differ from its config.yaml (only {', '.join(sorted(RESUMABLE))} may change on resume)"
+        )
+    budget = [k for k in ("max_epochs", "max_steps") if saved.get(k) != now[k]]
+    if config.scheduler == "cosine" and budget:
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r} with a different {' and '.join(budget)}: --scheduler cosine anneals the "
+            f"learning rate over the budget set when the run started (max_epochs={saved.get('max_epochs')}, "
+            f"max_steps={saved.get('max_steps')}), so the steps already taken used learning rates of that length; "
+            "start a new run with the longer budget instead"
+        )
+    tests = [k for k in TEST_SETTINGS if saved.get(k) != now[k]]
+    if (run_dir / "summary.json").is_file() and tests and not budget:
+        raise ConfigError(
+            f"{str(run_dir)!r} is a finished run, tested with other settings than {', '.join(tests)} now given; "
+            f"--resume would replace its results. Test it again with `metareg eval "
+            f"{str(run_dir / 'checkpoints' / 'last.ckpt')} --test-...` (results go to a sub-directory of their own)"
+        )
+
+
+def _forget_outputs(run_dir: Path) -> None:
+    """Outputs of an attempt that saved no checkpoint: they belong to no run that can continue."""
+    for stale in [*run_dir.glob("checkpoints/*.ckpt"), *(run_dir / n for n in ("metrics.csv", "test_episodes.csv",
+                                                                           "summary.json", "learning_curve.png"))]:
+        stale.unlink(missing_ok=True)
+
+
 # Settings that may differ when a run is resumed (they do not change what was computed so far).
-_RESUMABLE = {"max_epochs", "max_steps", "progress", "devices", "accelerator", "num_nodes", "trainer_strategy",
-              "output_dir", "test_num_tasks", "test_ways", "test_shots", "test_queries", "eval_meta_batch_size"}
-
-
-def _merge_metrics(path: Path, earlier: str) -> None:
-    """Rows logged before a resume, then the rows logged after it, under one header."""
-    import csv
-    import io
-
-    old = list(csv.DictReader(io.StringIO(earlier)))
-    new = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
-    first_new = min((int(r["step"]) for r in new), default=None)
-    rows = [r for r in old if first_new is None or int(r["step"]) < first_new] + new
-    keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+RESUMABLE = frozenset({"max_epochs", "max_steps", "progress", "devices", "accelerator", "num_nodes",
+                       "trainer_strategy", "output_dir", "test_num_tasks", "test_ways", "test_shots", "test_queries",
+                       "eval_meta_batch_size"})
+# What a finished run was tested with; changing them is a new evaluation (`metareg eval`), not a resume.
+TEST_SETTINGS = ("test_ways", "test_shots", "test_queries", "test_num_tasks")
+# The one list of settings `metareg eval` may change: its command-line options and its check both come from it.
+EVAL_SETTINGS = frozenset({"test_ways", "test_shots", "test_queries", "test_num_tasks", "eval_meta_batch_size",
+                           "seed", "dataset", "dataset_options", "accelerator", "devices", "precision",
+                           "trainer_strategy", "num_nodes", "output_dir", "progress"})
 
 
 def _best_checkpoint(trainer, run_dir: Path) -> Path:
     cb = trainer.checkpoint_callback
     best = getattr(cb, "best_model_path", "") if cb is not None else ""
-    if best and Path(best).is_file():
+    # Only a file of this run: RunCheckpoint re-anchors its paths to the run directory.
+    if best and Path(best).is_file() and Path(best).resolve().parent == (run_dir / "checkpoints").resolve():
         return Path(best)
     candidates = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     if candidates:
@@ -286,7 +322,7 @@ def _finish(run_dir: Path, config: RunConfig, plugins, extra: dict) -> RunResult
         **extra,
         "versions": _versions(plugins),
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, report, summary)
 
 
@@ -299,6 +335,8 @@ def _learning_curve(run_dir: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps, losses, val_steps, val_acc = [], [], [], []
+    if not (run_dir / "metrics.csv").is_file():  # nothing was logged (a launched process, or no step at all)
+        return
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row.get("train_loss"):
@@ -316,7 +354,8 @@ def _learning_curve(run_dir: Path) -> None:
     ax2.set_ylabel("validation accuracy (%)", color="tab:orange")
     ax.set_title(run_dir.name)
     fig.tight_layout()
-    fig.savefig(run_dir / "learning_curve.png", dpi=100)
+    with atomic_output(run_dir / "learning_curve.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -334,13 +373,25 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     if isinstance(dataset, str):  # a registered name, like the other settings
         overrides["dataset"], dataset = dataset, None
     meta = read_checkpoint(checkpoint)["metareg"]
-    allowed = _RESUMABLE | {"seed", "dataset", "dataset_options"}
-    bad = sorted(set(overrides) - allowed)
+    bad = sorted(set(overrides) - EVAL_SETTINGS)
     if bad:
-        raise ConfigError(f"metareg eval cannot change {', '.join(bad)}; it may change {', '.join(sorted(allowed))}")
+        raise ConfigError(f"metareg eval cannot change {', '.join(bad)}; "
+                          f"it may change {', '.join(sorted(EVAL_SETTINGS))}")
     config = RunConfig.from_sources(meta["config"], {k: v for k, v in overrides.items() if v is not None})
     if dataset is not None:
         config = config.replace(dataset=dataset.name)
+    worker = _is_launched_worker() and os.environ.get(RUN_DIR_ENV)
+    if worker:
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    else:
+        if output_dir is None:
+            # Beside the run's own files, in a directory of its own; never into them.
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            run = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else None
+            base = run if run is not None and read_marker(run) == "run" else Path("runs")
+            output_dir = unique(base / f"eval-{stamp}-{config.eval_ways}w{config.eval_shots}s")
+        run_dir = Path(output_dir).resolve()
+        check(run_dir, "eval")
     model = load_model(checkpoint, registry)
     prepared_dataset = dataset
     from metareg.build import resolve
@@ -358,27 +409,21 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
         )
     datamodule = EpisodeDataModule(prepared_dataset, config, labelled=True)
     datamodule.check(("test",))
-    if output_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else Path("runs")
-        output_dir = base / f"eval-{stamp}-{config.eval_ways}w{config.eval_shots}s"
-    run_dir = Path(output_dir).resolve()
-    if (run_dir / "summary.json").exists():
-        raise ConfigError(f"{str(run_dir)!r} already holds results; choose another --output-dir")
-    if _is_launched_worker() and os.environ.get(RUN_DIR_ENV):
-        run_dir = Path(os.environ[RUN_DIR_ENV])
     learner = MetaLearner(model.strategy, model.transform, config, model.task, config.dataset,
                           meta["data"].get("info", {}))
     learner.report_dir = run_dir
     trainer = _trainer(config, None, fit=False)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    if trainer.global_rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config.to_yaml())
-    trainer.test(learner, datamodule=datamodule, verbose=False)
-    if trainer.global_rank != 0:
-        return None  # type: ignore[return-value]
-    return _finish(run_dir, config, registry.plugins, extra={"checkpoint": str(checkpoint.resolve())})
+    claim = RunDir.joined(run_dir, "eval") if worker else RunDir.claim(run_dir, "eval")
+    try:
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+        if trainer.global_rank == 0:
+            atomic_write(run_dir / "config.yaml", config.to_yaml())
+        trainer.test(learner, datamodule=datamodule, verbose=False)
+        if trainer.global_rank != 0:
+            return None  # type: ignore[return-value]
+        return _finish(run_dir, config, registry.plugins, extra={"checkpoint": str(checkpoint.resolve())})
+    finally:
+        claim.release()
 
 
-__all__ = ["RunResult", "train", "evaluate", "CheckpointError"]
+__all__ = ["RunResult", "train", "evaluate", "CheckpointError", "EVAL_SETTINGS"]

@@ -65,12 +65,13 @@ def test_run_writes_the_run_directory_and_the_accuracy_line(trained):
 def test_eval_reproduces_the_test_episodes_of_the_run(trained, tmp_path):
     out, _ = trained
     summary = json.loads((out / "summary.json").read_text())
-    result = CliRunner().invoke(cli, ["eval", summary["best_checkpoint"], *DATA, "--output-dir", str(tmp_path / "e"),
-                                      "--no-progress"], catch_exceptions=False)
+    best = str(out / summary["best_checkpoint"])  # relative to the run directory
+    result = CliRunner().invoke(cli, ["eval", best, *DATA, "--output-dir", str(tmp_path / "e"), "--no-progress"],
+                                catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert episodes(tmp_path / "e" / "test_episodes.csv") == episodes(out / "test_episodes.csv")
     # other test settings: a new protocol on the same model
-    result = CliRunner().invoke(cli, ["eval", summary["best_checkpoint"], *DATA, "--test-shots", "2",
+    result = CliRunner().invoke(cli, ["eval", best, *DATA, "--test-shots", "2",
                                       "--test-num-tasks", "5", "--output-dir", str(tmp_path / "e2"), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert LINE.search(result.output).group(1, 2, 5) == ("3", "2", "5")
