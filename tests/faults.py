@@ -81,6 +81,7 @@ def full_disk(root: Path, err: int = errno.ENOSPC, room: int = 100):
 
 def make_special(kind: str, path: Path) -> Path | None:
     """Make ``path`` a symbolic link, directory, named pipe or device node; ``None`` if impossible here."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "symlink":
         (path.parent / "real.bin").write_bytes(OLD)
         path.symlink_to("real.bin")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +16,7 @@ from PIL import Image
 
 import metareg
 from metareg.cli import cli
+from tests.faults import OLD, full_disk, make_special
 
 
 def _checkpoint(path: Path, strategy: str = "prototypicalnetworks", strategy_options: dict | None = None,
@@ -236,3 +239,75 @@ def test_export_bad_input(tmp_path):
     save_file({"w": torch.ones(2)}, str(tmp_path / "other.safetensors"))
     with pytest.raises(metareg.CheckpointError, match="not a metareg export"):
         metareg.FewShotClassifier.from_checkpoint(tmp_path / "other.safetensors")
+
+
+# ---------------------------------------------------------------------------- writing the output safely (issue 13)
+
+
+def test_export_refuses_to_overwrite_its_own_checkpoint(tmp_path):
+    ckpt = _checkpoint(tmp_path / "m.ckpt")
+    before = ckpt.read_bytes()
+    os.link(ckpt, tmp_path / "hard.ckpt")
+    for output in (ckpt, tmp_path / "." / "m.ckpt", tmp_path / "hard.ckpt"):
+        result = _invoke("export", "-c", ckpt, "-o", output, "--format", "safetensors")
+        assert result.exit_code == 2, result.output
+        assert "it is the input" in result.output and "choose another output path" in result.output
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hard.ckpt", "m.ckpt"]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+@pytest.mark.parametrize("kind", ["symlink", "device"])  # click's dir_okay=False refuses a directory
+def test_export_never_replaces_what_is_not_a_regular_file(tmp_path, kind, fmt):
+    ckpt = _checkpoint(tmp_path / "m.ckpt")
+    target = make_special(kind, tmp_path / "out" / f"model.{fmt}")
+    if target is None:
+        pytest.skip(f"cannot create a {kind} here")
+    before = os.lstat(target)
+    result = _invoke("export", "-c", ckpt, "-o", target, "--format", fmt)
+    assert result.exit_code == 2, result.output
+    described = {"symlink": "a symbolic link", "device": "a character device"}[kind]
+    assert f"it is {described}, and metareg only replaces regular files" in result.output
+    assert str(target) in result.output
+    after = os.lstat(target)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    if kind == "symlink":
+        assert (target.parent / "real.bin").read_bytes() == OLD
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+def test_export_to_a_full_disk_says_so_and_keeps_the_previous_file(tmp_path, fmt):
+    ckpt = _checkpoint(tmp_path / "m.ckpt")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / f"model.{fmt}"
+    target.write_bytes(OLD)
+    with full_disk(out):
+        result = _invoke("export", "-c", ckpt, "-o", target, "--format", fmt)
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {str(target)!r}: No space left on device (the previous file is unchanged)" in result.output
+    assert "cannot be exported" not in result.output
+    assert target.read_bytes() == OLD and [p.name for p in out.iterdir()] == [target.name]
+    result = _invoke("export", "-c", ckpt, "-o", target, "--format", fmt)  # with room, the same command works
+    assert result.exit_code == 0, result.output
+    assert target.read_bytes() != OLD and [p.name for p in out.iterdir()] == [target.name]
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_export_refuses_non_finite_weights_by_name(tmp_path):
+    ckpt = _checkpoint(tmp_path / "m.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    name = sorted(k for k, v in saved["state_dict"].items() if v.is_floating_point())[3]
+    saved["state_dict"][name].view(-1)[0] = float("nan")
+    torch.save(saved, tmp_path / "nan.ckpt")
+    result = _invoke("export", "-c", tmp_path / "nan.ckpt", "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 2, result.output
+    assert f"{str(tmp_path / 'nan.ckpt')!r} holds non-finite weights: {name!r} has 1 NaN or infinite value" \
+        in result.output
+    assert not (tmp_path / "m.safetensors").exists()

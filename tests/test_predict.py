@@ -18,6 +18,7 @@ from PIL import Image
 
 import metareg
 from metareg.cli import cli
+from tests.faults import OLD, full_disk, make_special
 
 TRAIN_ALPHABETS = ["Latin", "Greek", "Cyrillic"]
 VAL_ALPHABETS = ["Tagalog"]
@@ -448,3 +449,78 @@ def test_images_are_prepared_like_the_training_data(tiny):
     clear = Image.new("RGBA", (20, 20), (0, 0, 0, 0))  # fully transparent: white, not black
     assert load_image(clear, 1, 20).min() == 255
     assert load_image(clear, 3, 8).shape == (3, 8, 8)
+
+
+# ---------------------------------------------------------------------------- written files and damaged checkpoints
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json"])
+def test_predictions_to_a_full_disk_say_so_and_keep_the_previous_file(tiny, tmp_path, suffix):
+    ckpt, support, query = tiny
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / f"predictions{suffix}"
+    target.write_bytes(OLD)
+    with full_disk(out):
+        result = _fails("-c", ckpt, "-s", support, "-q", query, "--quiet", "-o", target,
+                        match=f"cannot write {str(target)!r}: No space left on device (the previous file is unchanged)")
+    assert "Traceback" not in result.output
+    assert target.read_bytes() == OLD and [p.name for p in out.iterdir()] == [target.name]
+
+
+def test_support_cache_to_a_full_disk_says_so(tiny, tmp_path):
+    ckpt, support, query = tiny
+    cache = tmp_path / "out" / "support.cache"
+    with full_disk(tmp_path / "out", room=0):
+        _fails("-c", ckpt, "-s", support, "-q", query, "--quiet", "--cache", cache,
+               match=f"cannot write {str(cache)!r}: No space left on device (nothing was written)")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_outputs_that_would_destroy_an_input_or_a_link_are_refused_before_any_work(tiny, tmp_path):
+    ckpt, support, query = tiny
+    before = ckpt.read_bytes()
+    _fails("-c", ckpt, "-s", support, "-q", query, "--cache", ckpt, match="it is the input")
+    assert ckpt.read_bytes() == before
+    link = make_special("symlink", tmp_path / "links" / "p.csv")
+    _fails("-c", ckpt, "-s", support, "-q", query, "-o", link, match="it is a symbolic link")
+    assert link.is_symlink() and (link.parent / "real.bin").read_bytes() == OLD
+    both = tmp_path / "both.json"
+    _fails("-c", ckpt, "-s", support, "-q", query, "-o", both, "--cache", both, match="it is the input")
+    assert not both.exists()
+
+
+def _damaged(ckpt: Path, tmp_path: Path, how: str) -> tuple[Path, str]:
+    saved = torch.load(ckpt, weights_only=True)
+    if how == "nan":
+        name = sorted(k for k, v in saved["state_dict"].items() if v.is_floating_point())[2]
+        saved["state_dict"][name].view(-1)[-1] = float("inf")
+        expected = f"holds non-finite weights: {name!r} has 1 NaN or infinite value"
+    else:
+        del saved["metareg"]["task"]
+        expected = "is incomplete: its metareg section 'task' is missing"
+    path = tmp_path / f"{how}.ckpt"
+    torch.save(saved, path)
+    return path, f"{str(path)!r} {expected}"
+
+
+@pytest.mark.parametrize("how", ["nan", "missing section"])
+def test_damaged_checkpoints_are_refused_by_name_by_predict_and_eval(tiny, tmp_path, how):
+    ckpt, support, query = tiny
+    bad, message = _damaged(ckpt, tmp_path, how)
+    out = tmp_path / "p.csv"
+    _fails("-c", bad, "-s", support, "-q", query, "-o", out, match=message)
+    result = _invoke("eval", bad, "--output-dir", tmp_path / "eval")
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists() and not (tmp_path / "eval").exists()
+    with pytest.raises(metareg.CheckpointError, match="non-finite" if how == "nan" else "'task'"):
+        metareg.FewShotClassifier.from_checkpoint(bad)
+
+
+def test_stored_settings_that_are_invalid_name_the_checkpoint(tiny, tmp_path):
+    ckpt, support, query = tiny
+    saved = torch.load(ckpt, weights_only=True)
+    saved["metareg"]["config"]["ways"] = -3
+    torch.save(saved, tmp_path / "bad.ckpt")
+    _fails("-c", tmp_path / "bad.ckpt", "-s", support, "-q", query,
+           match=f"the settings stored in {str(tmp_path / 'bad.ckpt')!r} are invalid")
