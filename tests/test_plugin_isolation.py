@@ -31,8 +31,10 @@ RUN = ["run", "--dataset", "glyphs", "--max-steps", "1", "--no-progress"]
 @pytest.fixture(autouse=True)
 def no_switches(monkeypatch):
     # The CLI writes its switches into os.environ (for DDP workers); undo that after each test.
+    # (setenv first: delenv of an absent variable records nothing to restore.)
     for var in SWITCHES:
-        monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
 
 
 def metareg_cmd(*args, case=None, env=None):
