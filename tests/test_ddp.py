@@ -32,7 +32,7 @@ def test_two_process_ddp_spawn_run_gathers_every_test_episode(tmp_path):
     ckpt_rows = [r for r in csv.DictReader(open(out / "metrics.csv")) if r["train_loss"]]
     assert max(int(r["step"]) for r in ckpt_rows) <= 3
     # The gathered per-episode values are exactly what one process measures on the same checkpoint.
-    single = CliRunner().invoke(cli, ["eval", summary["best_checkpoint"], *DATA, "--test-num-tasks", "13",
+    single = CliRunner().invoke(cli, ["eval", str(out / summary["best_checkpoint"]), *DATA, "--test-num-tasks", "13",
                                       "--output-dir", str(tmp_path / "single"), "--no-progress"])
     assert single.exit_code == 0, single.output
     assert episodes(tmp_path / "single" / "test_episodes.csv") == per_episode

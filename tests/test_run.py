@@ -286,3 +286,67 @@ def test_channels_last_converts_the_convolutions_and_can_be_turned_off():
         convs = [m.weight for m in learner.modules() if isinstance(m, torch.nn.Conv2d)]
         assert convs and all(w.is_contiguous(memory_format=expected) for w in convs), settings
     assert "channels_last: false" in run("--no-channels-last", "--print-config").output
+
+
+def test_a_budget_shorter_than_the_logging_interval_ends_with_the_full_run_directory(tmp_path):
+    out = tmp_path / "short"
+    result = run(*TINY, "--epoch-length", "20", "--max-steps", "2", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert LINE.search(result.output)
+    for name in ("config.yaml", "summary.json", "test_episodes.csv", "learning_curve.png", "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["step"] for r in rows if r["train_loss"]] == ["1"]  # the learning curve has its point
+
+
+def test_eval_accepts_every_setting_it_offers(trained, tmp_path):
+    from metareg.commands import eval_cmd
+    from metareg.config import OPTION_SECTIONS
+    from metareg.run import EVAL_SETTINGS
+
+    offered = {p.name for p in eval_cmd.params} - {"checkpoint", "dataset_opt"}
+    assert offered == set(EVAL_SETTINGS) - set(OPTION_SECTIONS)
+    out, _ = trained
+    result = CliRunner().invoke(cli, ["eval", str(out / "checkpoints" / "last.ckpt"), *DATA, "--precision",
+                                      "bf16-mixed", "--test-num-tasks", "3", "--output-dir", str(tmp_path / "e"),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "precision: bf16-mixed" in (tmp_path / "e" / "config.yaml").read_text()
+
+
+def test_resuming_a_finished_run_with_other_test_settings_points_to_eval(trained):
+    out, _ = trained
+    before = (out / "summary.json").read_bytes()
+    result = run("--resume", "--output-dir", str(out), "--test-num-tasks", "3")
+    assert result.exit_code == 2, result.output
+    assert "is a finished run" in result.output and "metareg eval" in result.output
+    assert (out / "summary.json").read_bytes() == before
+
+
+def test_cosine_schedule_resumes_bit_for_bit_and_refuses_a_longer_budget(tmp_path, monkeypatch):
+    from metareg.errors import MetaregError
+    from metareg.learner import MetaLearner
+
+    cosine = [*TINY, "--scheduler", "cosine", "--lr", "0.01"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert run(*cosine, "--output-dir", str(straight)).exit_code == 0
+    original = MetaLearner.on_train_epoch_start
+
+    def interrupted(self):
+        if self.current_epoch == 1:
+            raise MetaregError("interrupted for the test")
+        original(self)
+
+    monkeypatch.setattr(MetaLearner, "on_train_epoch_start", interrupted)
+    stopped = run(*cosine, "--output-dir", str(split))
+    assert stopped.exit_code == 2 and "interrupted for the test" in stopped.output
+    monkeypatch.setattr(MetaLearner, "on_train_epoch_start", original)
+    longer = run("--resume", "--output-dir", str(split), "--max-epochs", "3")
+    assert longer.exit_code == 2 and "--scheduler cosine anneals the learning rate over the budget" in longer.output
+    resumed = run("--resume", "--output-dir", str(split))
+    assert resumed.exit_code == 0, resumed.output
+    a = torch.load(straight / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(split / "checkpoints" / "last.ckpt", weights_only=True)
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    assert episodes(straight / "test_episodes.csv") == episodes(split / "test_episodes.csv")
