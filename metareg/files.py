@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from metareg.errors import WriteError
 
-__all__ = ["WriteError", "atomic_output", "atomic_write", "check_target", "refuse_same_file"]
+__all__ = ["WriteError", "atomic_directory", "atomic_output", "atomic_write", "check_target", "refuse_same_file"]
 
 # Errors raised inside an `atomic_output` block that mean "the file could not be written", as
 # opposed to, say, a missing input or a network error of a download the block was reading.
@@ -87,14 +88,18 @@ def refuse_same_file(output: str | os.PathLike, *inputs: str | os.PathLike | Non
             )
 
 
+def _umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it
+    os.umask(umask)
+    return umask
+
+
 def _new_mode(path: Path) -> int:
     """An existing file keeps its permissions; a new one gets the umask's (mkstemp's 0600 is for secrets)."""
     try:
         return stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
 
 
 def _sync(path: str) -> None:
@@ -181,3 +186,36 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, inputs: tuple = 
         finally:
             os.close(fd)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a staging folder beside ``path`` that becomes ``path`` (which must not exist) on success.
+
+    For outputs made of several files (a plugin scaffold): either all of them appear, or none.
+    """
+    path = Path(path)
+    if os.path.lexists(path):
+        raise WriteError(f"refusing to write {str(path)!r}: it already exists; choose another name or remove it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise _failure(path, exc) from None
+    try:
+        try:
+            yield staging
+        except OSError as exc:
+            if exc.errno in WRITE_ERRNOS:
+                raise _failure(path, exc) from None
+            raise
+        if os.path.lexists(path):  # renaming onto an empty directory would silently replace it
+            raise WriteError(f"refusing to write {str(path)!r}: it appeared while it was being written")
+        try:
+            os.chmod(staging, 0o777 & ~_umask())  # mkdtemp's 0700 is for secrets
+            os.rename(staging, path)
+        except OSError as exc:
+            raise _failure(path, exc) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _sync_dir(path.parent)

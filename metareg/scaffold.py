@@ -138,10 +138,13 @@ def write(name: str, kinds: tuple[str, ...], output: Path) -> Path:
         )
     if Path(output).exists() and not Path(output).is_dir():
         raise ScaffoldError(f"--output {output} is a file, not a folder")
-    for rel, text in files.items():
-        path = target / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+    from metareg.files import atomic_directory
+
+    with atomic_directory(target) as staging:  # all files or none, never a half-written package
+        for rel, text in files.items():
+            path = staging / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
     return target
 
 

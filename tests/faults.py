@@ -4,6 +4,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import io
 import os
 import stat
 from collections.abc import Callable
@@ -62,6 +63,7 @@ def watched_writes(root: Path, before: Callable[[bytes], None]):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(os, "write", write)
         mp.setattr(builtins, "open", open_)
+        mp.setattr(io, "open", open_)  # pathlib's write_text/write_bytes open through io.open
         yield
 
 

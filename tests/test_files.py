@@ -390,3 +390,38 @@ def test_output_that_is_an_input_is_refused(tmp_path):
 def test_write_error_is_a_metareg_error_the_cli_reports():
     assert issubclass(metareg.WriteError, metareg.MetaregError)
     assert not issubclass(metareg.WriteError, OSError)  # download retries catch OSError; a full disk is final
+
+
+# ---------------------------------------------------------------------------- several files: all or none
+
+
+def test_atomic_directory_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "pkg"
+    old = os.umask(0o022)
+    try:
+        with metareg.files.atomic_directory(target) as staging:
+            (staging / "a.txt").write_text("a")
+            assert not target.exists()  # nothing visible until the block is done
+    finally:
+        os.umask(old)
+    assert (target / "a.txt").read_text() == "a" and stat.S_IMODE(target.stat().st_mode) == 0o755
+    with pytest.raises(metareg.WriteError, match="already exists"), metareg.files.atomic_directory(target):
+        pass
+    with pytest.raises(RuntimeError), metareg.files.atomic_directory(tmp_path / "other") as staging:
+        (staging / "half.txt").write_text("half")
+        raise RuntimeError("stop")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
+
+
+def test_new_plugin_on_a_full_disk_leaves_no_half_package(tmp_path):
+    from click.testing import CliRunner
+
+    from metareg.cli import cli
+
+    with full_disk(tmp_path, room=2000):
+        result = CliRunner().invoke(cli, ["new-plugin", "demo", "--output", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {str(tmp_path / 'metareg-demo')!r}: No space left on device" in result.output
+    assert list(tmp_path.iterdir()) == []
+    result = CliRunner().invoke(cli, ["new-plugin", "demo", "--output", str(tmp_path)])
+    assert result.exit_code == 0 and (tmp_path / "metareg-demo" / "pyproject.toml").is_file()
