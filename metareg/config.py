@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_type_hints
@@ -18,6 +19,66 @@ from metareg.errors import ConfigError, OptionError
 from metareg.options import _convert
 
 OPTION_SECTIONS = ("dataset_options", "backbone_options", "transform_options", "strategy_options")
+INT_MAX = 2**31 - 1  # counts beyond this overflow the int32 index tensors of the sampler and data loaders
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting may take: ``low``..``high`` (ends open or closed), plus ``sentinels``."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+    sentinels: tuple = ()  # special values outside the range, e.g. -1 = "no limit"
+    hint: str = ""
+
+    def contains(self, value) -> bool:
+        if value in self.sentinels:
+            return True
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self, integer: bool) -> str:
+        """``a positive integer, at most 10`` / ``a finite number in (0, 10]``, sentinels and hint included."""
+        if integer and self.low >= 1:
+            text = "a positive integer" + (f", at least {_num(self.low)}" if self.low > 1 else "")
+            text += f", at most {_num(self.high)}"
+        elif integer:
+            text = f"an integer from {_num(self.low)} to {_num(self.high)}"
+        else:
+            text = (f"a finite number in {'(' if self.low_open else '['}{_num(self.low)}, "
+                    f"{_num(self.high)}{')' if self.high_open else ']'}")
+        text += "".join(f", or {s}" for s in self.sentinels)
+        return text + (f" ({self.hint})" if self.hint else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+COUNT = Bound(1, INT_MAX)
+# Every int and float setting has a bound here (tests check that none is missing); floats must also be finite.
+BOUNDS: dict[str, Bound] = {
+    "ways": Bound(2, INT_MAX, hint="an episode needs at least 2 classes to choose between"),
+    "shots": COUNT, "queries": COUNT, "meta_batch_size": COUNT, "epoch_length": COUNT,
+    "test_ways": Bound(2, INT_MAX, hint="unset it to reuse ways"),
+    "test_shots": Bound(1, INT_MAX, hint="unset it to reuse shots"),
+    "test_queries": Bound(1, INT_MAX, hint="unset it to reuse queries"),
+    "num_tasks": Bound(1, INT_MAX, sentinels=(-1,), hint="-1 draws a fresh task every time"),
+    "test_num_tasks": COUNT, "val_num_tasks": COUNT, "eval_meta_batch_size": COUNT,
+    "max_epochs": Bound(1, INT_MAX, sentinels=(-1,), hint="-1 with max_steps for a step budget"),
+    "max_steps": Bound(1, INT_MAX, sentinels=(-1,), hint="-1: no limit"),
+    "lr": Bound(0, 10, low_open=True),
+    "weight_decay": Bound(0, 1),
+    "momentum": Bound(0, 1, high_open=True),
+    "step_size": COUNT,
+    "gamma": Bound(0, 1, low_open=True, hint="the factor that multiplies the learning rate at each drop"),
+    "gradient_clip_val": Bound(0, 1e6, low_open=True, hint="unset it for no clipping"),
+    "seed": Bound(0, 2**32 - 1, hint="numpy's seed range"),
+    "num_nodes": Bound(1, 100_000),
+}
 
 
 @dataclass
@@ -95,6 +156,8 @@ class RunConfig:
         merged: dict[str, Any] = {}
         for src in sources:
             for key, value in src.items():
+                if not isinstance(key, str):
+                    raise ConfigError(f"setting names must be text, got {key!r}; see `metareg run --help`")
                 key = key.replace("-", "_")
                 if key not in cls.keys():
                     close = difflib.get_close_matches(key, cls.keys(), n=1, cutoff=0.6)
@@ -105,10 +168,24 @@ class RunConfig:
                         value = {}
                     if not isinstance(value, dict):
                         raise ConfigError(f"{key} must be a mapping of option names to values, got {value!r}")
+                    bad = [k for k in value if not isinstance(k, str)]
+                    if bad:
+                        raise ConfigError(f"{key}: option names must be text, got {bad[0]!r}")
                     merged[key] = {**merged.get(key, {}), **{k.replace("-", "_"): v for k, v in value.items()}}
                 else:
                     merged[key] = value
         return cls._typed(merged)
+
+    @classmethod
+    def from_saved(cls, saved: Any, source: str, *overrides: dict[str, Any]) -> RunConfig:
+        """Settings stored in a checkpoint or run directory, then ``overrides``; errors name ``source``."""
+        if not isinstance(saved, dict):
+            raise ConfigError(f"the settings stored in {source!r} are {type(saved).__name__}, not a mapping of "
+                              "settings: the file is damaged or was not written by metareg")
+        try:
+            return cls.from_sources(saved, *overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"settings stored in {source!r}: {exc}") from None
 
     @classmethod
     def _typed(cls, values: dict[str, Any]) -> RunConfig:
@@ -129,16 +206,27 @@ class RunConfig:
     @classmethod
     def load_yaml(cls, path: str | Path) -> dict[str, Any]:
         path = Path(path)
+        where = f"config file {str(path)!r}"
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
-            raise ConfigError(f"config file {str(path)!r} does not exist") from None
+            raise ConfigError(f"{where} does not exist") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{where} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                "pass a YAML file of settings saved as UTF-8"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {where}: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(f"{where} is not valid YAML{at}: {' '.join(problem.split())}; fix it there") from None
         if data is None:
             return {}
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(path)!r} must hold a mapping of settings, not {type(data).__name__}")
+            raise ConfigError(f"{where} must hold a mapping of settings, not {type(data).__name__}")
         return data
 
     def replace(self, **changes) -> RunConfig:
@@ -152,32 +240,21 @@ class RunConfig:
 
     # ---------------------------------------------------------------- validation
     def validate(self) -> None:
-        positive = ["ways", "shots", "queries", "meta_batch_size", "epoch_length", "test_num_tasks",
-                     "val_num_tasks", "eval_meta_batch_size", "num_nodes", "step_size"]
-        for name in positive:
-            value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value}")
-        for name in ("test_ways", "test_shots", "test_queries"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be a positive integer (or unset to reuse {name[5:]}), got {value}")
-        if self.ways < 2 or self.eval_ways < 2:
-            raise ConfigError(f"ways and test_ways must be at least 2, got {self.ways} and {self.eval_ways}")
-        if self.num_tasks == 0 or self.num_tasks < -1:
-            raise ConfigError(
-                f"num_tasks must be -1 (a fresh task each draw) or a positive pool size, got {self.num_tasks}"
-            )
-        if self.max_epochs < 1 and self.max_steps < 1:
-            raise ConfigError("set max_epochs or max_steps to a positive number")
-        if self.max_epochs < -1 or self.max_epochs == 0 and self.max_steps < 1:
-            raise ConfigError(f"max_epochs must be positive (or -1 with max_steps), got {self.max_epochs}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.gradient_clip_val is not None and self.gradient_clip_val <= 0:
-            raise ConfigError(f"gradient_clip_val must be positive, got {self.gradient_clip_val}")
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name not in BOUNDS:
+                continue
+            bound = BOUNDS[f.name]
+            if not (isinstance(value, int) or math.isfinite(value)) or not bound.contains(value):
+                integer = float not in _numeric_types(hints[f.name])
+                raise ConfigError(
+                    f"{f.name} must be {bound.describe(integer)}, got {value!r}; pass --{f.name.replace('_', '-')} "
+                    f"(or {f.name}: in the config file) within that range"
+                )
+        if self.max_epochs == -1 and self.max_steps == -1:
+            raise ConfigError("set max_epochs or max_steps to a positive number (both are -1: training would "
+                              "never stop)")
         valid_precision = {"32-true", "32", "16-mixed", "bf16-mixed", "64-true", "64", "bf16-true", "16-true"}
         if self.precision not in valid_precision:
             raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(sorted(valid_precision))}")
@@ -201,3 +278,10 @@ class RunConfig:
             raise ConfigError(f"devices must be at least 1, got {value}")
         return value
 
+
+def _numeric_types(tp) -> set[type]:
+    """``{int}``, ``{float}`` (or both) for a setting's annotation, e.g. ``float | None`` -> ``{float}``."""
+    import typing
+
+    args = typing.get_args(tp) or (tp,)
+    return {a for a in args if a in (int, float)}
