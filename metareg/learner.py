@@ -29,6 +29,20 @@ class NonFiniteLoss(MetaregError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteValues(NonFiniteLoss):
+    """Gradients or weights became NaN or infinite; the update was not kept."""
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """True when no tensor holds inf or NaN; one device sync for the lot."""
+    tensors = [t.detach() for t in tensors if t.is_floating_point()]
+    if not tensors:
+        return True
+    # The largest magnitude cannot overflow (a 2-norm of finite values can), and NaN propagates through it.
+    norms = torch._foreach_norm(tensors, float("inf"))
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
 class MetaLearner(pl.LightningModule):
     def __init__(self, strategy: Strategy, transform: Transform, config: RunConfig, task: TaskInfo,
                  dataset_name: str, dataset_info: dict | None = None):
@@ -40,6 +54,7 @@ class MetaLearner(pl.LightningModule):
         self.report_dir = None  # where the first process writes test_episodes.csv
         self._warned_frozen = False
         self._ddp_reduced: set[int] | None = None  # ids of the parameters DDP all-reduces itself
+        self._last_saved: tuple[int, int] | None = None  # (global_step, epoch) of the newest checkpoint
 
     def setup(self, stage: str) -> None:
         channels_last = self.config.channels_last
@@ -133,8 +148,7 @@ class MetaLearner(pl.LightningModule):
         if not torch.isfinite(out.loss):
             raise NonFiniteLoss(
                 f"training loss is {out.loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}); stopped. The last good checkpoint is untouched. Lower --lr, enable "
-                "gradient clipping (gradient_clip_val) or use 32-bit precision."
+                f"batch {batch_idx}); stopped. {self._last_good()}"
             )
         acc = (out.logits.argmax(-1) == out.labels).float().mean()
         self.log("train_loss", out.loss, prog_bar=True, batch_size=size)
@@ -148,6 +162,33 @@ class MetaLearner(pl.LightningModule):
                 self._warned_frozen = True
             return None
         return out.loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Under a gradient scaler (16-bit mixed precision) inf gradients are routine: the scaler skips that step.
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not all_finite(grads):
+            raise NonFiniteValues(
+                f"gradients are not finite (inf or NaN) at step {self.global_step} (epoch {self.current_epoch}) "
+                f"although the loss was; stopped before the update. {self._last_good()}"
+            )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # After the optimizer step and before anything can save it: a diverged update never reaches a checkpoint.
+        if not all_finite([*self.parameters(), *self.buffers()]):
+            raise NonFiniteValues(
+                f"weights are not finite (inf or NaN) after the update of step {self.global_step - 1} "
+                f"(epoch {self.current_epoch}); stopped without saving them. {self._last_good()}"
+            )
+
+    def _last_good(self) -> str:
+        advice = "Lower --lr, enable gradient clipping (--gradient-clip-val) or use 32-bit precision."
+        if self._last_saved is None:
+            return f"No checkpoint was saved before it: there is none to resume from. {advice}"
+        step, epoch = self._last_saved
+        return (f"The last good checkpoint, checkpoints/last.ckpt, holds the weights after {step} steps "
+                f"(epoch {epoch}) and is untouched. {advice}")
 
     # --------------------------------------------------------------- evaluation
     def _episode_accuracy(self, episodes: EpisodeBatch) -> torch.Tensor:
@@ -218,7 +259,11 @@ class MetaLearner(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # -------------------------------------------------------------- checkpoints
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._last_saved = (checkpoint.get("global_step", 0), checkpoint.get("epoch", 0))
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._last_saved = (checkpoint.get("global_step", 0), checkpoint.get("epoch", 0))
         checkpoint["metareg"] = payload(self.config, self.task, self.dataset_name)
         checkpoint["metareg"]["data"]["info"] = _plain(self.dataset_info)
         # Config objects are not plain data; the config travels in checkpoint["metareg"].

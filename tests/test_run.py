@@ -350,3 +350,60 @@ def test_cosine_schedule_resumes_bit_for_bit_and_refuses_a_longer_budget(tmp_pat
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     assert a["lr_schedulers"] == b["lr_schedulers"]
     assert episodes(straight / "test_episodes.csv") == episodes(split / "test_episodes.csv")
+
+
+class _Diverging(metareg.Strategy):
+    """Prototypes, until training call ``AT`` makes an update diverge while the loss stays finite."""
+
+    AT, WHAT = 0, ""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.knob = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, episodes):
+        feats = self.embed(torch.cat([episodes.support, episodes.query], 1))
+        s, q = feats[:, : episodes.support.shape[1]], feats[:, episodes.support.shape[1]:]
+        return -torch.cdist(q, metareg.class_means(s, episodes.support_labels, episodes.ways))
+
+    def loss(self, episodes):
+        out = super().loss(episodes)
+        self.calls += 1
+        if self.calls == self.AT and self.WHAT == "gradients":
+            out.loss.register_hook(lambda g: g * float("inf"))
+        if self.calls == self.AT and self.WHAT == "weights":
+            # value unchanged, gradient 3e38 on the knob: finite, but lr x momentum x 3e38 overflows the update
+            return out._replace(loss=out.loss + (self.knob - self.knob.detach()) * 3e38)
+        return out
+
+
+@pytest.mark.parametrize("what, at, where, last_good", [
+    ("weights", 1, "weights are not finite (inf or NaN) after the update of step 0 (epoch 0)",
+     "No checkpoint was saved before it: there is none to resume from"),
+    ("gradients", 8, "gradients are not finite (inf or NaN) at step 7 (epoch 1)",
+     "checkpoints/last.ckpt, holds the weights after 4 steps (epoch 0) and is untouched"),
+])
+def test_a_diverging_update_is_never_saved_and_the_last_good_checkpoint_is_named(tmp_path, what, at, where,
+                                                                                last_good):
+    from importlib import metadata
+
+    from metareg.plugins import load_plugins, set_plugins
+
+    strategy = type("Diverging", (_Diverging,), {"AT": at, "WHAT": what, "__doc__": _Diverging.__doc__})
+
+    class Plugin:
+        @metareg.hookimpl
+        def metareg_strategies(self):
+            yield metareg.StrategySpec("diverging", strategy, summary="a diverging update")
+
+    set_plugins(load_plugins(list(metadata.entry_points(group="metareg")), extra=[("diverging", Plugin())]))
+    out = tmp_path / what
+    result = run(*TINY, "--strategy", "diverging", "--optimizer", "sgd", "--lr", "10", "--output-dir", str(out))
+    assert result.exit_code == 2, result.output
+    assert where in result.output and last_good in result.output, result.output
+    saved = list(out.glob("checkpoints/*.ckpt"))
+    assert len(saved) == (0 if at == 1 else 2)
+    for path in saved:
+        ckpt = torch.load(path, weights_only=True)
+        assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()), path
