@@ -148,10 +148,7 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
 
     check_sections(meta, source)
     check_finite(state, source)
-    try:
-        config = RunConfig.from_sources(meta["config"])
-    except MetaregError as exc:
-        raise CheckpointError(f"the settings stored in {source!r} are invalid: {exc}") from None
+    config = RunConfig.from_saved(meta["config"], source)
     try:
         components = resolve_all(config, registry, dataset=False)
     except MetaregError as exc:

@@ -523,4 +523,6 @@ def test_stored_settings_that_are_invalid_name_the_checkpoint(tiny, tmp_path):
     saved["metareg"]["config"]["ways"] = -3
     torch.save(saved, tmp_path / "bad.ckpt")
     _fails("-c", tmp_path / "bad.ckpt", "-s", support, "-q", query,
-           match=f"the settings stored in {str(tmp_path / 'bad.ckpt')!r} are invalid")
+           match=f"settings stored in {str(tmp_path / 'bad.ckpt')!r}: ways must be")
+    result = _invoke("eval", tmp_path / "bad.ckpt", "--output-dir", tmp_path / "eval")
+    assert result.exit_code == 2 and f"settings stored in {str(tmp_path / 'bad.ckpt')!r}" in result.output
