@@ -149,3 +149,31 @@ def test_eval_writes_only_in_a_directory_of_its_own(trained, tmp_path):
     # and the run still resumes
     resumed = run("--resume", "--output-dir", str(trained), "--max-epochs", "2")
     assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_copied_run_resumes_and_tests_from_its_own_files(trained, tmp_path):
+    import shutil
+
+    import torch
+
+    original, moved = tmp_path / "original", tmp_path / "moved"
+    shutil.copytree(trained, original)
+    assert run("--resume", "--output-dir", str(original), "--max-epochs", "2").exit_code == 0
+    shutil.copytree(original, moved)
+    for best in original.glob("checkpoints/best-*.ckpt"):
+        best.write_bytes(b"changed since the copy")
+    resumed = run("--resume", "--output-dir", str(moved), "--max-epochs", "3")
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((moved / "summary.json").read_text())
+    best = moved / summary["best_checkpoint"]
+    assert not Path(summary["best_checkpoint"]).is_absolute() and best.is_file()
+    # Lightning's checkpoint state names the run's files relative to it: nothing points at the original.
+    state = torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]
+    paths = [v for s in state.values() for k, v in s.items() if k.endswith("path") or k == "dirpath"]
+    paths += [k for s in state.values() for k in s.get("best_k_models", {})]
+    assert paths and all("/" not in p for p in paths), paths
+    # and its result is the one its own best checkpoint gives
+    check = evaluate(str(best), *DATA, "--output-dir", str(tmp_path / "check"), "--no-progress")
+    assert check.exit_code == 0, check.output
+    with open(moved / "test_episodes.csv") as a, open(tmp_path / "check" / "test_episodes.csv") as b:
+        assert a.read() == b.read()
