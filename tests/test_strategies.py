@@ -52,7 +52,24 @@ def resnet12() -> nn.Module:
     return factory(channels=1, image_size=SIZE, widths=(4, 4, 8, 8))
 
 
+def resnet18() -> nn.Module:
+    from metareg_backbones.resnet import resnet18 as factory
+
+    return factory(channels=1, image_size=2 * SIZE, width=8)
+
+
+def l2l_resnet12() -> nn.Module:
+    pytest.importorskip("learn2learn")
+    from metareg_learn2learn.models import resnet12 as factory
+
+    return factory(channels=1, image_size=2 * SIZE, wider=False, dropblock_dropout=0.0)
+
+
 BACKBONES = {"mlp": mlp, "conv4": conv}
+# torchvision's and learn2learn's ResNets modify batch norm's output in place (ReLU(inplace=True),
+# `out += residual`), which MAML's batch-statistics norm must allow under vmap (it once failed:
+# "Output 0 of VmappedBatchStatisticsFunction is a view and is being modified inplace").
+IN_PLACE_RELU_BACKBONES = {"resnet18": resnet18, "l2l-resnet12": l2l_resnet12}
 
 
 def task(backbone, ways=3, test_ways=None, classes=10) -> metareg.TaskInfo:
@@ -70,9 +87,9 @@ def build(name, backbone_factory=mlp, **task_kw):
     return strategy
 
 
-def separable(count=4, ways=3, shots=2, queries=3, seed=0, support_labels=None) -> metareg.EpisodeBatch:
+def separable(count=4, ways=3, shots=2, queries=3, seed=0, support_labels=None, size=SIZE) -> metareg.EpisodeBatch:
     g = torch.Generator().manual_seed(seed)
-    patterns = (torch.rand(count, ways, 1, SIZE, SIZE, generator=g) > 0.5).float()
+    patterns = (torch.rand(count, ways, 1, size, size, generator=g) > 0.5).float()
     if support_labels is None:
         support_labels = torch.arange(ways).repeat_interleave(shots)
     query_labels = torch.arange(ways).repeat_interleave(queries)
@@ -137,6 +154,51 @@ def test_resnet12_backbone_if_available():
         out.loss.backward()
         assert torch.isfinite(out.loss)
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in strategy.backbone.parameters()), name
+
+
+@pytest.mark.parametrize("backbone", list(IN_PLACE_RELU_BACKBONES))
+@pytest.mark.parametrize("name", ["maml", "anil"])
+def test_gradient_strategies_train_and_evaluate_backbones_with_in_place_relu(name, backbone):
+    strategy = build(name, IN_PLACE_RELU_BACKBONES[backbone]).train()
+    episodes = separable(count=2, size=2 * SIZE)  # learn2learn's ResNet-12 pools four times
+    out = strategy.loss(episodes)
+    out.loss.backward()
+    grads = [p.grad for p in strategy.backbone.parameters()]
+    assert torch.isfinite(out.loss) and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(g.abs().sum() for g in grads) > 0
+    strategy.eval()
+    with torch.set_grad_enabled(strategy.needs_grad_at_eval):
+        logits = strategy(episodes)
+    assert logits.shape == (2, 9, 3) and torch.isfinite(logits).all()
+
+
+def test_pytorchs_generated_vmap_rule_fails_where_batch_statistics_norm_works(monkeypatch):
+    """The test above covers the in-place case: with PyTorch's generated vmap rule (the old code) it fails."""
+    from metareg_strategies import batchnorm
+
+    class Generated(batchnorm.BatchStatisticsFunction):
+        generate_vmap_rule = True
+        vmap = torch.autograd.Function.vmap
+
+    strategy = build("maml", resnet18).train()
+    monkeypatch.setattr(batchnorm, "BatchStatisticsFunction", Generated)
+    with pytest.raises(RuntimeError, match="is a view and is being modified inplace"):
+        strategy.loss(separable(count=2, size=2 * SIZE))
+
+
+def test_metareg_run_maml_with_resnet18(tmp_path):
+    from metareg.cli import cli
+
+    out = tmp_path / "maml-resnet18"
+    result = CliRunner().invoke(cli, [
+        "run", "--strategy", "maml", "--backbone", "resnet18", "--backbone-opt", "width=8",
+        "--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6", "--ways", "3", "--shots", "1",
+        "--queries", "1", "--meta-batch-size", "2", "--epoch-length", "1", "--max-epochs", "1", "--max-steps", "1",
+        "--val-num-tasks", "2", "--test-num-tasks", "2", "--eval-meta-batch-size", "2", "--no-progress",
+        "--output-dir", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "3-way 1-shot" in result.output
+    assert json.loads((out / "summary.json").read_text())["backbone"] == "resnet18"
 
 
 @pytest.mark.parametrize("name", list(STRATEGIES))
