@@ -176,9 +176,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes, *, inputs: tuple = ()) -> Path:
+def atomic_write(path: str | os.PathLike, data: str | bytes | bytearray | memoryview, *, inputs: tuple = ()) -> Path:
     """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; return ``path``."""
-    payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    payload = data.encode("utf-8") if isinstance(data, str) else memoryview(data)  # bytes-like: no copy
     with atomic_output(path, inputs=inputs) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
         try:
