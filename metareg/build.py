@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from metareg.config import RunConfig
-from metareg.errors import MetaregError
+from metareg.errors import ConfigError, MetaregError
 from metareg.options import bind
-from metareg.records import SINGULAR
+from metareg.records import SINGULAR, refusal
 from metareg.registry import Registry
 
 # Datasets whose test classes are ImageNet classes: ImageNet-pretrained weights leak them.
@@ -65,12 +65,17 @@ class Components:
 
 def resolve_all(config: RunConfig, registry: Registry | None = None, *, dataset: bool = True) -> Components:
     registry = registry or Registry.current()
-    return Components(
+    components = Components(
         dataset=resolve(registry, "datasets", config.dataset, config.dataset_options) if dataset else None,
         backbone=resolve(registry, "backbones", config.backbone, config.backbone_options),
         transform=resolve(registry, "transforms", config.transform, config.transform_options),
         strategy=resolve(registry, "strategies", config.strategy, config.strategy_options),
     )
+    # Capabilities the components declare: a combination that cannot work is refused before any data loads.
+    reason = refusal({r.kind: r.provider.record for r in vars(components).values() if r is not None})
+    if reason:
+        raise ConfigError(reason)
+    return components
 
 
 def build_model(components: Components, config: RunConfig, channels: int, image_size: int, num_train_classes: int,

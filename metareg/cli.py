@@ -25,6 +25,7 @@ _LAZY_COMMANDS = {
     "new-plugin": "metareg.scaffold:new_plugin_cmd",
     "predict": "metareg.predict_cli:predict_cmd",
     "export": "metareg.predict_cli:export_cmd",
+    "check": "metareg.check_cli:check_cmd",
 }
 
 

@@ -4,12 +4,25 @@ A record names one component and says how to build it. ``factory`` is either the
 callable itself or a lazy ``"package.module:attribute"`` reference, so that listing
 components never imports torch. The core adds the providing plugin when it
 collects records (see :mod:`metareg.registry`); plugins never set it themselves.
+
+Two declarations serve composition (``metareg check``, :mod:`metareg.combinations`):
+
+* ``test_options``: the smallest valid build of the component, used by the
+  combination matrix and the contract checks so that big models are tested
+  quickly at a small size instead of being skipped.
+* ``provides`` / ``requires``: capability strings. A ``requires`` entry reads
+  ``"<kind>:<capability>"`` (``"backbone:functional"``): the component of that kind
+  in the same run must list ``<capability>`` in its ``provides``. A run (and
+  ``metareg check``) refuses a combination whose requirement is not provided, before
+  any work starts, naming both components. The core keeps no list of names: every
+  capability is declared by the plugins themselves.
 """
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar, Union
 
 Factory = Union[str, Callable[..., Any]]
@@ -20,12 +33,21 @@ SINGULAR = {"backbones": "backbone", "datasets": "dataset", "strategies": "strat
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """One component: a unique ``name``, how to build it, and a one-line summary."""
+    """One component: a unique ``name``, how to build it, and a one-line summary.
+
+    ``test_options``: keyword options of the smallest valid build, for tests.
+    ``provides``: capabilities this component offers to the others in a run.
+    ``requires``: ``"<kind>:<capability>"`` strings the other components must provide.
+    """
 
     name: str
     factory: Factory
     summary: str = ""
     aliases: tuple[str, ...] = field(default=())
+    # Options are data, not identity: left out of the hash so a record with a dict stays hashable.
+    test_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    provides: frozenset[str] = field(default=frozenset())
+    requires: frozenset[str] = field(default=frozenset())
 
     kind: ClassVar[str] = ""
 
@@ -44,6 +66,31 @@ class ComponentSpec:
         object.__setattr__(self, "aliases", tuple(self.aliases))
         if "\n" in self.summary:
             raise ValueError(f"{type(self).__name__} {self.name!r}: summary must be one line")
+        self._declarations()
+
+    def _declarations(self) -> None:
+        label = f"{type(self).__name__} {self.name!r}"
+        if not isinstance(self.test_options, Mapping) or not all(isinstance(k, str) for k in self.test_options):
+            raise ValueError(f"{label}: test_options must be a mapping of option names to values, "
+                             f"got {self.test_options!r}")
+        object.__setattr__(self, "test_options", MappingProxyType(dict(self.test_options)))
+        for attr in ("provides", "requires"):
+            value = getattr(self, attr)
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{label}: {attr} must be a collection of capability strings, got {value!r}")
+            object.__setattr__(self, attr, frozenset(value))
+        for req in self.requires:
+            kind, _, capability = req.partition(":")
+            if kind not in SINGULAR.values() or not capability:
+                raise ValueError(
+                    f"{label}: requires entry {req!r} must read '<kind>:<capability>' with kind one of "
+                    f"{', '.join(SINGULAR.values())}, e.g. 'backbone:functional'"
+                )
+
+    def required_from(self, kind: str) -> frozenset[str]:
+        """The capabilities this component needs from the component of ``kind`` (singular or plural)."""
+        singular = SINGULAR.get(kind, kind)
+        return frozenset(r.partition(":")[2] for r in self.requires if r.partition(":")[0] == singular)
 
     def load(self) -> Callable[..., Any]:
         """Return the factory callable, importing a lazy reference on first use."""
@@ -103,3 +150,26 @@ class TransformSpec(ComponentSpec):
 SPEC_TYPES: dict[str, type[ComponentSpec]] = {
     cls.kind: cls for cls in (BackboneSpec, DatasetSpec, StrategySpec, TransformSpec)
 }
+
+
+def refusal(components: Mapping[str, ComponentSpec]) -> str | None:
+    """Why these components (``{kind: record}``, one per kind) cannot run together, or ``None``.
+
+    One line naming the component that requires a capability and the one that lacks it.
+    Kinds absent from ``components`` are not checked.
+    """
+    by_singular = {SINGULAR.get(kind, kind): record for kind, record in components.items()}
+    for kind, record in components.items():
+        for req in sorted(record.requires):
+            other_kind, _, capability = req.partition(":")
+            other = by_singular.get(other_kind)
+            if other is None or other is record or capability in other.provides:
+                continue
+            offered = ", ".join(sorted(other.provides)) or "nothing"
+            return (
+                f"{SINGULAR.get(kind, kind)} {record.name!r} cannot run with {other_kind} {other.name!r}: "
+                f"{record.name!r} needs a {other_kind} that provides {capability!r}, and {other.name!r} "
+                f"provides {offered}; choose another {other_kind} or {SINGULAR.get(kind, kind)}"
+            )
+    return None
+

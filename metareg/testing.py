@@ -19,6 +19,12 @@ Example (a plugin's ``tests/test_plugin.py``)::
 
 A component is named by its registered name (looked up among the installed
 plugins, so this also proves it is registered) or passed as the factory itself.
+A named component is built with the ``test_options`` its record declares (its
+smallest valid build) unless ``options`` are given.
+
+:func:`check_combinations` runs a component against every other installed one
+(every strategy with every backbone, one training step and one evaluation episode
+each), as ``metareg check`` does.
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "check_combinations",
     "check_backbone",
     "check_dataset",
     "check_transform",
@@ -42,15 +49,21 @@ _KIND_FLAGS = {"backbones": "backbone", "datasets": "dataset", "strategies": "st
 
 
 def _resolve(kind: str, factory_or_name: str | Callable) -> tuple[Callable, str]:
+    factory, label, _ = _resolve_with_options(kind, factory_or_name)
+    return factory, label
+
+
+def _resolve_with_options(kind: str, factory_or_name: str | Callable) -> tuple[Callable, str, dict[str, Any]]:
+    """The factory, a label for messages, and the test-sized options a registered record declares."""
     if isinstance(factory_or_name, str):
         from metareg.registry import Registry
 
         entry = Registry.current().get(kind, factory_or_name)
-        return entry.record.load(), f"{_KIND_FLAGS[kind]} {entry.record.name!r}"
+        return entry.record.load(), f"{_KIND_FLAGS[kind]} {entry.record.name!r}", dict(entry.record.test_options)
     if not callable(factory_or_name):
         raise TypeError(f"expected a registered name or a factory, got {factory_or_name!r}")
     name = getattr(factory_or_name, "__qualname__", repr(factory_or_name))
-    return factory_or_name, f"{_KIND_FLAGS[kind]} {name}"
+    return factory_or_name, f"{_KIND_FLAGS[kind]} {name}", {}
 
 
 def _build(factory: Callable, label: str, options: dict[str, Any] | None, **injected: Any) -> Any:
@@ -108,7 +121,8 @@ def check_backbone(
     and eval mode; a backward pass reaches its parameters with finite gradients.
     Returns ``{shape: out_features}``.
     """
-    factory, label = _resolve("backbones", factory_or_name)
+    factory, label, declared = _resolve_with_options("backbones", factory_or_name)
+    options = declared if options is None else options
     found = {}
     for shape in shapes:
         c, h, w = shape
@@ -179,7 +193,8 @@ def check_dataset(
     if isinstance(factory_or_name_or_dataset, FewShotDataset):
         ds, label = factory_or_name_or_dataset, f"dataset {factory_or_name_or_dataset.name!r}"
     else:
-        factory, label = _resolve("datasets", factory_or_name_or_dataset)
+        factory, label, declared = _resolve_with_options("datasets", factory_or_name_or_dataset)
+        options = declared if options is None else options
         ds = _build(factory, label, options)
         _require(
             isinstance(ds, FewShotDataset),
@@ -292,7 +307,8 @@ def check_transform(
     """
     import metareg
 
-    factory, label = _resolve("transforms", factory_or_name)
+    factory, label, declared = _resolve_with_options("transforms", factory_or_name)
+    options = declared if options is None else options
     t = _build(factory, label, options, channels=channels, image_size=image_size)
     _require(
         isinstance(t, metareg.Transform), label, f"factory must return a metareg.Transform, got {type(t).__name__}"
@@ -430,7 +446,8 @@ def check_strategy(
     """
     import metareg
 
-    factory, label = _resolve("strategies", factory_or_name)
+    factory, label, declared = _resolve_with_options("strategies", factory_or_name)
+    options = declared if options is None else options
     strategy = _build(factory, label, options)
     _require(
         isinstance(strategy, metareg.Strategy),
@@ -529,3 +546,44 @@ def check_component(kind: str, factory_or_name: str | Callable, **kwargs: Any) -
         "transforms": check_transform,
     }
     return checks[normalise_kind(kind)](factory_or_name, **kwargs)
+
+
+# --------------------------------------------------------------------------------------- combinations
+
+
+def check_combinations(kind: str | None = None, name: str | None = None, *, registry: Any = None) -> list:
+    """Run a component against every other installed one, as ``metareg check KIND NAME`` does.
+
+    A strategy is paired with every installed backbone, a backbone with every installed
+    strategy, on tiny synthetic episodes of 1x28x28 grey and 3x32x32 RGB images: one
+    training step (loss, backward, an optimiser step) and one evaluation episode each,
+    every component built at the ``test_options`` its record declares. A transform is
+    checked (:func:`check_transform`) on both image kinds. With no ``kind`` and ``name``,
+    the whole installed matrix runs.
+
+    Returns the :class:`metareg.combinations.Result` list (``status`` is ``"ok"``,
+    ``"refused"`` with the reason, or ``"failed"`` with the error). Raises
+    :class:`AssertionError` listing every failed combination, one line each; a refusal
+    (a capability the other component lacks, declared with ``requires``/``provides``, or
+    a factory that refuses an image kind with a :class:`metareg.MetaregError`) is not a
+    failure. ``registry`` defaults to the installed plugins.
+
+    Example (a plugin's ``tests/test_plugin.py``)::
+
+        from metareg.testing import check_combinations
+
+        def test_my_backbone_with_every_strategy():
+            results = check_combinations("backbone", "tinycnn")
+            assert any(r.status == "ok" for r in results)
+    """
+    from metareg.combinations import check, failures
+    from metareg.registry import Registry
+
+    results = check(registry or Registry.current(), kind, name)
+    failed = failures(results)
+    if failed:
+        raise AssertionError(
+            f"{len(failed)} of {len(results)} combinations failed:\n" + "\n".join(f"  {r}" for r in failed)
+        )
+    return results
+

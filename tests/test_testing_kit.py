@@ -12,7 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg.testing import check_backbone, check_dataset, check_strategy, check_transform, make_episodes
+from metareg.plugins import load_plugins
+from metareg.registry import Registry
+from metareg.testing import (
+    check_backbone,
+    check_combinations,
+    check_dataset,
+    check_strategy,
+    check_transform,
+    make_episodes,
+)
 
 # ------------------------------------------------------------------------------- backbones
 
@@ -284,3 +293,37 @@ def test_strategy_needing_grad_at_eval_gets_it():
             return super().forward(episodes)
 
     check_strategy(lambda: Adapting())
+
+
+# ------------------------------------------------------------------ declared test size, combinations
+
+
+def test_named_components_are_built_at_their_declared_test_size():
+    # conv4 declares test_options={"hidden": 8}: 8 features on 28x28, where its default 64 filters give 64.
+    assert check_backbone("conv4", shapes=[(1, 28, 28)]) == {(1, 28, 28): 8}
+    assert check_backbone("conv4", shapes=[(1, 28, 28)], options={}) == {(1, 28, 28): 64}
+
+
+def protos(*, fault: str = "") -> metareg.Strategy:
+    """Prototypes by class means.
+
+    fault: a deliberate bug to plant (nan, detach, shape, reshape) or none.
+    """
+    return Protos(fault)
+
+
+class _StrategyPlugin:
+    @metareg.hookimpl
+    def metareg_strategies(self):
+        yield metareg.StrategySpec("protos", protos, summary="class means")
+        yield metareg.StrategySpec("protos-nan", protos, summary="NaN logits", test_options={"fault": "nan"})
+
+
+def test_check_combinations_passes_a_good_strategy_and_names_a_broken_one():
+    registry = Registry(load_plugins(extra=[("kit", _StrategyPlugin())], only=["backbones", "kit"]))
+    results = check_combinations("strategy", "protos", registry=registry)
+    assert len(results) == 2 * len(registry.names("backbones"))
+    assert all(r.status == "ok" for r in results), [str(r) for r in results]
+    with pytest.raises(AssertionError, match=r"protos-nan \+ conv4 @ 1x28x28: failed \(training step: "
+                                             r"the loss is not a finite scalar"):
+        check_combinations("strategy", "protos-nan", registry=registry)

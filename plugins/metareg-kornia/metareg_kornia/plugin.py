@@ -30,4 +30,5 @@ def metareg_transforms():
         "compose",
         "metareg_kornia.compose:compose",
         summary="A chain of kornia.augmentation classes listed in the config (names with arguments)",
+        test_options={"augmentations": ["RandomHorizontalFlip", {"RandomAffine": {"degrees": 10, "p": 0.5}}]},
     )

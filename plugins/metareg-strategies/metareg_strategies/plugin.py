@@ -14,6 +14,10 @@ def metareg_strategies():
         "maml",
         "metareg_strategies.maml:MAML",
         summary="MAML (Finn et al. 2017), second order, batched over episodes with torch.func; Meta-SGD option",
+        # The inner loop runs the backbone under torch.func (vmap over episodes, grad of grad): a backbone
+        # whose forward writes state (running statistics through F.batch_norm, counters) cannot work.
+        requires={"backbone:functional"},
+        test_options={"adaptation_steps": 1},
     )
     yield metareg.StrategySpec(
         "anil",
