@@ -425,3 +425,62 @@ def test_new_plugin_on_a_full_disk_leaves_no_half_package(tmp_path):
     assert list(tmp_path.iterdir()) == []
     result = CliRunner().invoke(cli, ["new-plugin", "demo", "--output", str(tmp_path)])
     assert result.exit_code == 0 and (tmp_path / "metareg-demo" / "pyproject.toml").is_file()
+
+
+# ---------------------------------------------------------------------------- killed mid-write
+
+
+def _killed_while_writing(target: Path, data: bytes, at_byte: int | None, at_call: str | None) -> int:
+    """Fork; the child writes ``data`` to ``target`` and SIGKILLs itself at the given moment. Its wait status."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: no pytest clean-up, no return
+        try:
+            real_write = os.write
+            done = [0]
+
+            def write(fd, chunk):
+                n = real_write(fd, bytes(memoryview(chunk)[:4096]))  # small writes: many moments to die in
+                done[0] += n
+                if at_byte is not None and done[0] >= at_byte:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return n
+
+            def dying(name):
+                real = getattr(os, name)
+
+                def call(*args, **kwargs):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                    return real(*args, **kwargs)
+                return call
+
+            os.write = write
+            if at_call:
+                setattr(os, at_call, dying(at_call))
+            metareg.atomic_write(target, data)
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+@needs_proc
+def test_a_write_killed_at_any_moment_leaves_the_previous_or_the_new_file(tmp_path):
+    """SIGKILL at 20 seeded random moments of the write, and before the sync and the rename."""
+    import random
+    import signal
+
+    rng = random.Random(13)
+    data = bytes(rng.randrange(256) for _ in range(200_000))
+    moments = [(rng.randrange(1, len(data)), None) for _ in range(20)] + [(None, "fsync"), (None, "replace")]
+    target = tmp_path / "model.onnx"
+    for at_byte, at_call in moments:
+        target.write_bytes(OLD)
+        status = _killed_while_writing(target, data, at_byte, at_call)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (at_byte, at_call, status)
+        assert target.read_bytes() == OLD, f"killed at byte {at_byte} / in {at_call}: the previous file changed"
+        # only hidden temporary files remain beside it, and the next write works
+        assert all(p.name.startswith(".model.onnx.") and p.name.endswith(".tmp")
+                   for p in tmp_path.iterdir() if p != target)
+        metareg.atomic_write(target, data)
+        assert target.read_bytes() == data
