@@ -183,9 +183,10 @@ class RunConfig:
             raise ConfigError(f"the settings stored in {source!r} are {type(saved).__name__}, not a mapping of "
                               "settings: the file is damaged or was not written by metareg")
         try:
-            return cls.from_sources(saved, *overrides)
+            stored = cls.from_sources(saved)
         except ConfigError as exc:
             raise ConfigError(f"settings stored in {source!r}: {exc}") from None
+        return cls.from_sources(saved, *overrides) if overrides else stored  # an override's error is the user's
 
     @classmethod
     def _typed(cls, values: dict[str, Any]) -> RunConfig:

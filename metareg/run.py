@@ -38,6 +38,7 @@ from metareg.config import RunConfig
 from metareg.errors import CheckpointError, ConfigError, MetaregError
 from metareg.evaluation import Report, read_episodes, summarise
 from metareg.files import atomic_output, atomic_write
+from metareg.hardware import check as check_hardware
 from metareg.rundir import RunDir, check, read_marker, unique
 
 RUN_DIR_ENV = "METAREG_RUN_DIR"
@@ -183,6 +184,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
         config = RunConfig.from_sources(config or {}, settings)
     if dataset is not None:
         config = config.replace(dataset=dataset.name)
+    check_hardware(config)  # before any work: a missing GPU or cluster fails late, or hangs, in Lightning
     run_dir = _run_dir(config, resume)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and last.is_file():
@@ -377,7 +379,9 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     if bad:
         raise ConfigError(f"metareg eval cannot change {', '.join(bad)}; "
                           f"it may change {', '.join(sorted(EVAL_SETTINGS))}")
-    config = RunConfig.from_sources(meta["config"], {k: v for k, v in overrides.items() if v is not None})
+    config = RunConfig.from_saved(meta["config"], str(checkpoint),
+                                  {k: v for k, v in overrides.items() if v is not None})
+    check_hardware(config)
     if dataset is not None:
         config = config.replace(dataset=dataset.name)
     worker = _is_launched_worker() and os.environ.get(RUN_DIR_ENV)

@@ -131,3 +131,74 @@ def test_saved_settings_errors_name_the_file():
     with pytest.raises(ConfigError, match=r"stored in 'x/last\.ckpt' are list, not a mapping"):
         RunConfig.from_saved([1, 2], "x/last.ckpt")
     assert RunConfig.from_saved({"lr": 0.5}, "x", {"seed": 3}).seed == 3
+
+
+# ----------------------------------------------------------------------------- hardware
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    from metareg import hardware
+
+    monkeypatch.setattr(hardware, "_cuda_count", lambda: 0)
+    monkeypatch.setattr(hardware, "_mps_available", lambda: False)
+
+
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_gpu_accelerator_without_a_gpu_is_refused(tmp_path, no_gpu, accelerator):
+    run_refused(tmp_path, "--accelerator", accelerator,
+                needles=(f"accelerator {accelerator!r} needs a GPU", "use --accelerator cpu"))
+
+
+def test_more_gpus_than_the_machine_has_are_refused(tmp_path, monkeypatch):
+    from metareg import hardware
+
+    monkeypatch.setattr(hardware, "_cuda_count", lambda: 1)
+    run_refused(tmp_path, "--accelerator", "gpu", "--devices", "4", needles=("asks for 4 GPUs", "has 1"))
+    run_refused(tmp_path, "--accelerator", "gpu", "--devices", "0,2", needles=("GPU ids [0, 2]", "--devices 1"))
+
+
+@pytest.mark.parametrize("name, needles", [
+    ("bogus", ("trainer_strategy 'bogus' is not one of Lightning's strategies", "ddp_spawn")),
+    ("dpp", ("Did you mean 'ddp'?",)),
+])
+def test_unknown_trainer_strategy_is_refused(tmp_path, name, needles):
+    run_refused(tmp_path, "--trainer-strategy", name, needles=needles)
+
+
+CLUSTER_VARIABLES = ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "SLURM_JOB_NAME", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE",
+                     "MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def test_several_nodes_without_a_cluster_are_refused_instead_of_hanging(tmp_path, monkeypatch):
+    import metareg.run
+
+    for name in CLUSTER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+    def work_started(*args, **kwargs):
+        raise AssertionError("the run started (and would wait forever for the second node) before the check")
+
+    monkeypatch.setattr(metareg.run, "_Prepared", work_started)
+    run_refused(tmp_path, "--num-nodes", "2",
+                needles=("num_nodes 2 needs a cluster environment", "MASTER_ADDR", "--num-nodes 1"))
+
+
+@pytest.mark.parametrize("environ, launcher", [
+    ({}, None),
+    ({"TORCHELASTIC_RUN_ID": "x"}, "torchrun / torchelastic"),
+    ({"SLURM_NTASKS": "8", "SLURM_JOB_NAME": "train"}, "SLURM (srun)"),
+    ({"SLURM_NTASKS": "8", "SLURM_JOB_NAME": "interactive"}, None),  # Lightning ignores interactive SLURM
+    ({"MASTER_ADDR": "10.0.0.1", "NODE_RANK": "1"}, "MASTER_ADDR and NODE_RANK"),
+    ({"MASTER_ADDR": "10.0.0.1"}, None),  # without a node rank every node would think it is node 0
+])
+def test_cluster_launcher_is_detected_from_the_environment(environ, launcher):
+    from metareg.hardware import check_nodes, cluster_launcher
+
+    assert cluster_launcher(environ) == launcher
+    if launcher is None:
+        with pytest.raises(ConfigError, match="needs a cluster environment"):
+            check_nodes(2, environ)
+    else:
+        check_nodes(2, environ)
+    check_nodes(1, environ)  # one node needs no cluster
