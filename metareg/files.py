@@ -63,6 +63,8 @@ def check_target(path: str | os.PathLike) -> Path:
     if stat.S_ISREG(mode):
         return path
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+    if stat.S_ISLNK(mode):  # replacing the link would turn it into a copy; its target may be what was meant
+        kind += f" (to {os.readlink(path)!r}; pass that path to replace the file it points to)"
     raise WriteError(
         f"refusing to write {str(path)!r}: it is {kind}, and metareg only replaces regular files; "
         "choose another output path"

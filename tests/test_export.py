@@ -266,7 +266,8 @@ def test_export_never_replaces_what_is_not_a_regular_file(tmp_path, kind, fmt):
     before = os.lstat(target)
     result = _invoke("export", "-c", ckpt, "-o", target, "--format", fmt)
     assert result.exit_code == 2, result.output
-    described = {"symlink": "a symbolic link", "device": "a character device"}[kind]
+    described = {"symlink": "a symbolic link (to 'real.bin'; pass that path to replace the file it points to)",
+                 "device": "a character device"}[kind]
     assert f"it is {described}, and metareg only replaces regular files" in result.output
     assert str(target) in result.output
     after = os.lstat(target)
