@@ -1,6 +1,7 @@
 """`metareg export`: each format loads without metareg's training stack and predicts what the checkpoint predicts."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -312,3 +313,19 @@ def test_export_refuses_non_finite_weights_by_name(tmp_path):
     assert f"{str(tmp_path / 'nan.ckpt')!r} holds non-finite weights: {name!r} has 1 NaN or infinite value" \
         in result.output
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("err", [errno.EACCES, errno.EROFS])
+def test_export_to_a_folder_it_may_not_write_says_so(tmp_path, monkeypatch, err):
+    import tempfile
+
+    def refused(*args, **kwargs):  # what creating a file in a read-only or foreign folder gets
+        raise OSError(err, os.strerror(err))
+
+    ckpt = _checkpoint(tmp_path / "m.ckpt")
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    result = _invoke("export", "-c", ckpt, "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 2, result.output
+    assert f"cannot write {str(tmp_path / 'm.safetensors')!r}: {os.strerror(err)} (nothing was written)" \
+        in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
