@@ -23,7 +23,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from metareg.errors import WriteError
@@ -128,7 +128,7 @@ def _failure(path: Path, exc: OSError) -> WriteError:
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike, *, inputs: tuple = ()) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is synced and renamed onto ``path``.
 
     For writers that want a file name (``torch.onnx.export``, ``PIL.Image.save``)::
@@ -178,8 +178,12 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes | bytearray | memoryview, *, inputs: tuple = ()) -> Path:
-    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; return ``path``."""
+def atomic_write(path: str | os.PathLike, data: str | bytes | bytearray | memoryview, *,
+                 inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to ``path`` atomically; return ``path``.
+
+    ``inputs``: files the command read, which ``path`` must not be (see :func:`refuse_same_file`).
+    """
     payload = data.encode("utf-8") if isinstance(data, str) else memoryview(data)  # bytes-like: no copy
     with atomic_output(path, inputs=inputs) as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
