@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from metareg.errors import CheckpointError, MetaregError, OptionError
-from metareg.files import atomic_write, check_target, refuse_same_file
+from metareg.files import atomic_write, check_output
 
 FORMATS = ("safetensors", "torchscript", "onnx")
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
@@ -145,12 +145,6 @@ def _head_info(head) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------------------- writing
-
-
-def check_output(output: str | os.PathLike, *inputs: str | os.PathLike) -> None:
-    """Refuse, before any work, an output that is an input or is not a regular file."""
-    refuse_same_file(output, *inputs)
-    check_target(output)
 
 
 def export(model, output: str | os.PathLike, fmt: str, *, invert: bool, inputs: tuple = ()) -> Path:

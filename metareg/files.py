@@ -28,7 +28,8 @@ from pathlib import Path
 
 from metareg.errors import WriteError
 
-__all__ = ["WriteError", "atomic_directory", "atomic_output", "atomic_write", "check_target", "refuse_same_file"]
+__all__ = ["WriteError", "atomic_directory", "atomic_output", "atomic_write", "check_output", "check_target",
+           "refuse_same_file"]
 
 # Errors raised inside an `atomic_output` block that mean "the file could not be written", as
 # opposed to, say, a missing input or a network error of a download the block was reading.
@@ -90,6 +91,12 @@ def refuse_same_file(output: str | os.PathLike, *inputs: str | os.PathLike | Non
             )
 
 
+def check_output(output: str | os.PathLike, *inputs: str | os.PathLike | None) -> Path:
+    """What a command checks of each output before any work: not an input, not a link, device or folder."""
+    refuse_same_file(output, *inputs)
+    return check_target(output)
+
+
 def _umask() -> int:
     umask = os.umask(0)  # the only portable way to read it
     os.umask(umask)
@@ -139,9 +146,7 @@ def atomic_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike
     Anything raised inside the block removes the temporary file and leaves ``path`` as it
     was; an ``OSError`` of writing becomes :class:`WriteError`.
     """
-    path = Path(path)
-    refuse_same_file(path, *inputs)
-    check_target(path)
+    path = check_output(path, *inputs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

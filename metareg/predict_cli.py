@@ -45,17 +45,15 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
     """
     if output is not None and output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OptionError(f"--output {str(output)!r}: use a .csv or .json file name")
-    from metareg.files import atomic_write, check_target, refuse_same_file
+    from metareg.files import atomic_write, check_output
     from metareg.predict import FewShotClassifier, collect_queries, read_support_folder
 
     # Outputs that would destroy an input, or replace a link or device, are refused before any work.
     inputs = (checkpoint, *queries)
-    for out in (output, cache):
-        if out is not None:
-            refuse_same_file(out, *inputs)
-            check_target(out)
-    if output is not None and cache is not None:
-        refuse_same_file(output, cache)
+    if cache is not None:
+        check_output(cache, *inputs)
+    if output is not None:
+        check_output(output, *inputs, cache)
 
     # Every input is checked before the model does any work.
     n_support = sum(len(v) for v in read_support_folder(support).values())
@@ -144,7 +142,8 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
     Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
     channels and resized to its image size (see the metadata's "inputs").
     """
-    from metareg.export import check_output, export, format_for
+    from metareg.export import export, format_for
+    from metareg.files import check_output
     from metareg.predict import FewShotClassifier
 
     fmt = format_for(output, fmt)
