@@ -146,6 +146,7 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
     from metareg.config import RunConfig
     from metareg.errors import MetaregError
 
+    # Again here: safetensors exports reach this without read_checkpoint.
     check_sections(meta, source)
     check_finite(state, source)
     config = RunConfig.from_saved(meta["config"], source)
