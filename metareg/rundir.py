@@ -157,6 +157,15 @@ def _refuse_if_held(path: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    # Temporary files of metareg.files' atomic writes, left by a process that was killed mid-write. Only the
+    # lock holder writes here, so none of them is in use.
+    for directory in (path, path / "checkpoints"):
+        for tmp in directory.glob(".*.tmp"):
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+
+
 class RunDir:
     """A claimed run directory: the lock is held until :meth:`release` (or the process ends)."""
 
@@ -184,6 +193,7 @@ class RunDir:
             # In place, not renamed: the lock belongs to this file's inode.
             os.ftruncate(fd, 0)
             os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+            _remove_stale_temporaries(path)
             if read_marker(path) != kind:
                 import metareg
 
