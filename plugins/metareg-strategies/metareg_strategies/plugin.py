@@ -17,7 +17,6 @@ def metareg_strategies():
         # The inner loop runs the backbone under torch.func (vmap over episodes, grad of grad): a backbone
         # whose forward writes state (running statistics through F.batch_norm, counters) cannot work.
         requires={"backbone:functional"},
-        test_options={"adaptation_steps": 1},
     )
     yield metareg.StrategySpec(
         "anil",
