@@ -329,3 +329,20 @@ def test_export_to_a_folder_it_may_not_write_says_so(tmp_path, monkeypatch, err)
     assert f"cannot write {str(tmp_path / 'm.safetensors')!r}: {os.strerror(err)} (nothing was written)" \
         in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ckpt"]
+
+
+def test_predict_refuses_an_export_with_non_finite_weights_by_name(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt = _checkpoint(tmp_path / "m.ckpt")
+    support, query = _folders(tmp_path)
+    assert _invoke("export", "-c", ckpt, "-o", tmp_path / "m.safetensors").exit_code == 0
+    with safe_open(str(tmp_path / "m.safetensors"), framework="pt") as fh:
+        meta, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[name].view(-1)[0] = float("-inf")
+    save_file(tensors, str(tmp_path / "inf.safetensors"), metadata=meta)
+    result = _invoke("predict", "-c", tmp_path / "inf.safetensors", "-s", support, "-q", query)
+    assert result.exit_code == 2, result.output
+    assert f"{str(tmp_path / 'inf.safetensors')!r} holds non-finite weights: {name!r}" in result.output
