@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from metareg_strategies.anil import ANIL
 from metareg_strategies.maml import MAML
 from metareg_strategies.metaoptnet import MetaOptNet, ridge_scores
+from metareg_strategies.protonet import PrototypicalNetworks
 from metareg_strategies.supervised import Supervised
 from metareg_strategies.svm import crammer_singer_svm
 from torch import nn
@@ -326,21 +327,70 @@ def test_zero_head_works_for_any_number_of_ways():
         (MAML, {"adaptation_steps": 0}, "adaptation_steps must be a positive integer"),
         (MAML, {"test_adaptation_steps": -1}, "test_adaptation_steps"),
         (MAML, {"adaptation_lr": 0.0}, "adaptation_lr must be positive"),
+        (MAML, {"adaptation_lr": float("inf")}, "adaptation_lr must be positive and finite"),
         (MAML, {"head_init": "random"}, "head_init must be 'learned' or 'zero'"),
+        (MAML, {"first_order": "false"}, "first_order must be true or false"),
         (MAML, {"inner_precision": "fp8"}, "inner_precision"),
         (ANIL, {"adaptation_steps": 1.5}, "adaptation_steps"),
         (MetaOptNet, {"base_learner": "lasso"}, "base_learner must be 'svm' or 'ridge'"),
         (MetaOptNet, {"svm_c": -1.0}, "svm_c must be positive"),
         (MetaOptNet, {"svm_iterations": 0}, "svm_iterations"),
         (MetaOptNet, {"ridge_lambda": 0.0}, "ridge_lambda must be positive"),
-        (Supervised, {"distance": "manhattan"}, "distance must be 'cosine' or 'euclidean'"),
+        (MetaOptNet, {"learn_scale": 1}, "learn_scale must be true or false"),
+        (Supervised, {"distance": "manhattan"}, "distance must be 'euclidean' or 'cosine'"),
         (Supervised, {"temperature": 0.0}, "temperature must be positive"),
+        (PrototypicalNetworks, {"distance": "cosin"}, r"distance must be 'euclidean' or 'cosine', got 'cosin'; "
+                                                      r"did you mean 'cosine'\?"),
+        (PrototypicalNetworks, {"distance": "Euclidean"}, "distance must be 'euclidean' or 'cosine'"),
+        (PrototypicalNetworks, {"temperature": float("nan")}, "temperature must be positive and finite"),
         (Supervised, {"label_smoothing": 1.0}, "label_smoothing"),
     ],
 )
 def test_bad_options_are_option_errors(factory, options, message):
     with pytest.raises(metareg.OptionError, match=message):
         factory(**options)
+
+
+def _first_party_strategies():
+    from metareg.plugins import load_plugins
+    from metareg.registry import Registry
+
+    return [p for p in Registry(load_plugins(strict=False)).components("strategies")
+            if p.plugin.distribution == "metareg-strategies"]
+
+
+def _choice_options():
+    """(strategy, option, choices) for every Literal option of every first-party strategy, from the registry."""
+    from typing import Literal, get_args, get_origin
+
+    from metareg.options import describe
+
+    cases = []
+    for provided in _first_party_strategies():
+        for option in describe(provided.record.load()):
+            if get_origin(option.type) is Literal:
+                cases.append(pytest.param(provided.record.load(), option.name, get_args(option.type),
+                                          id=f"{provided.record.name}-{option.name}"))
+    return cases
+
+
+@pytest.mark.parametrize(("factory", "option", "choices"), _choice_options())
+def test_a_misspelt_choice_is_refused_from_python_naming_the_choices(factory, option, choices):
+    """From Python no CLI converts the value first: the constructor itself must refuse it."""
+    misspelt = str(choices[-1])[:-1]  # 'cosine' -> 'cosin'
+    with pytest.raises(ValueError, match=rf"{option} must be .*got {misspelt!r}") as caught:
+        factory(**{option: misspelt})
+    assert isinstance(caught.value, metareg.OptionError)
+    assert all(repr(c) in str(caught.value) for c in choices)
+    for choice in choices:  # and every listed choice is accepted
+        factory(**{option: choice})
+
+
+def test_the_choice_check_is_not_vacuous():
+    # Were the Literal annotations no longer resolved, the test above would silently run no cases.
+    assert {c.id for c in _choice_options()} >= {
+        "prototypicalnetworks-distance", "default-distance", "maml-head_init", "maml-inner_precision",
+        "anil-head_init", "metaoptnet-base_learner"}
 
 
 def test_options_bind_from_command_line_text():

@@ -1,14 +1,12 @@
 """ANIL (Raghu, Raghu, Bengio and Vinyals, 2020): almost no inner loop."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
 import metareg
 from metareg_strategies.inner_loop import as_full, full_precision
-from metareg_strategies.maml import GradientAdaptation
+from metareg_strategies.maml import GradientAdaptation, HeadInit
 
 
 class ANIL(GradientAdaptation):
@@ -38,7 +36,7 @@ class ANIL(GradientAdaptation):
         first_order: bool = False,
         test_adaptation_steps: int | None = None,
         learn_lr: bool = False,
-        head_init: Literal["learned", "zero"] = "learned",
+        head_init: HeadInit = "learned",
     ):
         super().__init__(
             adaptation_steps=adaptation_steps,

@@ -14,6 +14,10 @@ from torch import nn
 import metareg
 from metareg_strategies.batchnorm import use_batch_statistics
 from metareg_strategies.inner_loop import adapted_query_logits, as_full, autocast_dtype, full_precision
+from metareg_strategies.option_checks import flag, one_of, positive
+
+HeadInit = Literal["learned", "zero"]
+InnerPrecision = Literal["auto", "float32"]
 
 
 def _key(name: str) -> str:
@@ -43,10 +47,10 @@ class GradientAdaptation(metareg.Strategy):
                 raise metareg.OptionError(
                     f"{self.name}: {option} must be a positive integer, got {value!r}; one step is the usual choice"
                 )
-        if not adaptation_lr > 0:
-            raise metareg.OptionError(f"{self.name}: adaptation_lr must be positive, got {adaptation_lr!r}")
-        if head_init not in ("learned", "zero"):
-            raise metareg.OptionError(f"{self.name}: head_init must be 'learned' or 'zero', got {head_init!r}")
+        positive(self.name, "adaptation_lr", adaptation_lr)
+        one_of(self.name, "head_init", head_init, HeadInit)
+        flag(self.name, "first_order", first_order)
+        flag(self.name, "learn_lr", learn_lr)
         self.adaptation_steps = adaptation_steps
         self.test_adaptation_steps = adaptation_steps if test_adaptation_steps is None else test_adaptation_steps
         self.adaptation_lr = float(adaptation_lr)
@@ -173,8 +177,8 @@ class MAML(GradientAdaptation):
         first_order: bool = False,
         test_adaptation_steps: int | None = None,
         learn_lr: bool = False,
-        head_init: Literal["learned", "zero"] = "learned",
-        inner_precision: Literal["auto", "float32"] = "auto",
+        head_init: HeadInit = "learned",
+        inner_precision: InnerPrecision = "auto",
     ):
         super().__init__(
             adaptation_steps=adaptation_steps,
@@ -184,9 +188,7 @@ class MAML(GradientAdaptation):
             learn_lr=learn_lr,
             head_init=head_init,
         )
-        if inner_precision not in ("auto", "float32"):
-            raise metareg.OptionError(f"maml: inner_precision must be 'auto' or 'float32', got {inner_precision!r}")
-        self.inner_precision = inner_precision
+        self.inner_precision = one_of("maml", "inner_precision", inner_precision, InnerPrecision)
         self._compute_dtype: torch.dtype | None = None
 
     def prepare_backbone(self, backbone: nn.Module) -> None:

@@ -9,6 +9,7 @@ from torch import nn
 
 import metareg
 from metareg_strategies.inner_loop import as_full, full_precision
+from metareg_strategies.option_checks import flag, one_of, positive
 from metareg_strategies.svm import crammer_singer_svm
 
 
@@ -25,6 +26,9 @@ def ridge_scores(support: torch.Tensor, support_labels: torch.Tensor, query: tor
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     alpha = torch.linalg.solve(gram + lam * eye, targets)
     return (query @ support.transpose(1, 2)) @ alpha
+
+
+BaseLearner = Literal["svm", "ridge"]
 
 
 class MetaOptNet(metareg.Strategy):
@@ -47,7 +51,7 @@ class MetaOptNet(metareg.Strategy):
 
     def __init__(
         self,
-        base_learner: Literal["svm", "ridge"] = "svm",
+        base_learner: BaseLearner = "svm",
         svm_c: float = 0.1,
         svm_iterations: int = 50,
         svm_exact: bool = True,
@@ -56,11 +60,11 @@ class MetaOptNet(metareg.Strategy):
         learn_scale: bool = True,
     ):
         super().__init__()
-        if base_learner not in ("svm", "ridge"):
-            raise metareg.OptionError(f"metaoptnet: base_learner must be 'svm' or 'ridge', got {base_learner!r}")
+        one_of("metaoptnet", "base_learner", base_learner, BaseLearner)
         for option, value in (("svm_c", svm_c), ("ridge_lambda", ridge_lambda), ("scale", scale)):
-            if not value > 0:
-                raise metareg.OptionError(f"metaoptnet: {option} must be positive, got {value!r}")
+            positive("metaoptnet", option, value)
+        for option, value in (("svm_exact", svm_exact), ("learn_scale", learn_scale)):
+            flag("metaoptnet", option, value)
         if isinstance(svm_iterations, bool) or not isinstance(svm_iterations, int) or svm_iterations < 1:
             raise metareg.OptionError(f"metaoptnet: svm_iterations must be a positive integer, got {svm_iterations!r}")
         self.base_learner, self.svm_c, self.svm_iterations = base_learner, float(svm_c), svm_iterations

@@ -7,6 +7,9 @@ import torch
 import torch.nn.functional as F
 
 import metareg
+from metareg_strategies.option_checks import one_of, positive
+
+Distance = Literal["euclidean", "cosine"]
 
 
 class PrototypicalNetworks(metareg.Strategy):
@@ -16,11 +19,10 @@ class PrototypicalNetworks(metareg.Strategy):
     temperature: logits are divided by this; for cosine a value around 0.1 trains better.
     """
 
-    def __init__(self, distance: Literal["euclidean", "cosine"] = "euclidean", temperature: float = 1.0):
+    def __init__(self, distance: Distance = "euclidean", temperature: float = 1.0):
         super().__init__()
-        if temperature <= 0:
-            raise metareg.OptionError(f"prototypicalnetworks: temperature must be positive, got {temperature}")
-        self.distance, self.temperature = distance, temperature
+        self.distance = one_of("prototypicalnetworks", "distance", distance, Distance)
+        self.temperature = positive("prototypicalnetworks", "temperature", temperature)
 
     def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
         # Support and query through the backbone in one pass: one batch-norm batch, one kernel launch per layer.

@@ -5,14 +5,15 @@ Chen et al. (2019, "A closer look at few-shot classification") and Tian et al. (
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg_strategies.protonet import PrototypicalNetworks
+from metareg_strategies.option_checks import one_of, positive
+from metareg_strategies.protonet import Distance, PrototypicalNetworks
 
 
 class Supervised(PrototypicalNetworks):
@@ -31,15 +32,15 @@ class Supervised(PrototypicalNetworks):
 
     def __init__(
         self,
-        distance: Literal["cosine", "euclidean"] = "cosine",
+        distance: Distance = "cosine",
         temperature: float = 0.1,
         label_smoothing: float = 0.0,
     ):
-        if distance not in ("cosine", "euclidean"):
-            raise metareg.OptionError(f"default: distance must be 'cosine' or 'euclidean', got {distance!r}")
-        if not temperature > 0:
-            raise metareg.OptionError(f"default: temperature must be positive, got {temperature!r}")
-        if not 0 <= label_smoothing < 1:
+        one_of("default", "distance", distance, Distance)
+        positive("default", "temperature", temperature)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or not (
+            0 <= label_smoothing < 1
+        ):
             raise metareg.OptionError(f"default: label_smoothing must be in [0, 1), got {label_smoothing!r}")
         super().__init__(distance, float(temperature))
         self.label_smoothing = float(label_smoothing)
