@@ -17,7 +17,7 @@ from PIL import Image
 
 import metareg
 from metareg.cli import cli
-from tests.faults import OLD, full_disk, make_special
+from tests.disk_faults import OLD, full_disk, make_special
 
 
 def _checkpoint(path: Path, strategy: str = "prototypicalnetworks", strategy_options: dict | None = None,

@@ -19,7 +19,7 @@ import pytest
 
 import metareg
 from metareg import files
-from tests.faults import OLD, full_disk, make_special, watched_writes
+from tests.disk_faults import OLD, full_disk, make_special, watched_writes
 
 NEW = b"new content " * 1000  # several writes' worth for the short-write test
 

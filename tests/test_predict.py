@@ -18,7 +18,7 @@ from PIL import Image
 
 import metareg
 from metareg.cli import cli
-from tests.faults import OLD, full_disk, make_special
+from tests.disk_faults import OLD, full_disk, make_special
 
 TRAIN_ALPHABETS = ["Latin", "Greek", "Cyrillic"]
 VAL_ALPHABETS = ["Tagalog"]

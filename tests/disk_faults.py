@@ -1,4 +1,7 @@
-"""Fault injection for tests of written files: a full disk, and destinations that are not regular files."""
+"""Fault injection for tests of written files: a full disk, and destinations that are not regular files.
+
+(Not `test_faults.py`, which kills whole runs; this module only patches writes in the test process.)
+"""
 from __future__ import annotations
 
 import builtins
