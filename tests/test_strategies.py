@@ -56,7 +56,7 @@ def resnet12() -> nn.Module:
 def resnet18() -> nn.Module:
     from metareg_backbones.resnet import resnet18 as factory
 
-    return factory(channels=1, image_size=2 * SIZE, width=8)
+    return factory(channels=1, image_size=SIZE, width=8)
 
 
 def l2l_resnet12() -> nn.Module:
@@ -70,7 +70,8 @@ BACKBONES = {"mlp": mlp, "conv4": conv}
 # torchvision's and learn2learn's ResNets modify batch norm's output in place (ReLU(inplace=True),
 # `out += residual`), which MAML's batch-statistics norm must allow under vmap (it once failed:
 # "Output 0 of VmappedBatchStatisticsFunction is a view and is being modified inplace").
-IN_PLACE_RELU_BACKBONES = {"resnet18": resnet18, "l2l-resnet12": l2l_resnet12}
+# Image sizes: learn2learn's ResNet-12 pools four times.
+IN_PLACE_RELU_BACKBONES = {"resnet18": (resnet18, SIZE), "l2l-resnet12": (l2l_resnet12, 2 * SIZE)}
 
 
 def task(backbone, ways=3, test_ways=None, classes=10) -> metareg.TaskInfo:
@@ -160,8 +161,9 @@ def test_resnet12_backbone_if_available():
 @pytest.mark.parametrize("backbone", list(IN_PLACE_RELU_BACKBONES))
 @pytest.mark.parametrize("name", ["maml", "anil"])
 def test_gradient_strategies_train_and_evaluate_backbones_with_in_place_relu(name, backbone):
-    strategy = build(name, IN_PLACE_RELU_BACKBONES[backbone]).train()
-    episodes = separable(count=2, size=2 * SIZE)  # learn2learn's ResNet-12 pools four times
+    factory, size = IN_PLACE_RELU_BACKBONES[backbone]
+    strategy = build(name, factory).train()
+    episodes = separable(count=2, size=size)
     out = strategy.loss(episodes)
     out.loss.backward()
     grads = [p.grad for p in strategy.backbone.parameters()]
@@ -184,7 +186,7 @@ def test_pytorchs_generated_vmap_rule_fails_where_batch_statistics_norm_works(mo
     strategy = build("maml", resnet18).train()
     monkeypatch.setattr(batchnorm, "BatchStatisticsFunction", Generated)
     with pytest.raises(RuntimeError, match="is a view and is being modified inplace"):
-        strategy.loss(separable(count=2, size=2 * SIZE))
+        strategy.loss(separable(count=2))
 
 
 def test_metareg_run_maml_with_resnet18(tmp_path):

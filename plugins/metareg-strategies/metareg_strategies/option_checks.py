@@ -24,7 +24,7 @@ def _quoted(values) -> str:
 def one_of(component: str, option: str, value: Any, choices: Any) -> Any:
     """``value`` if it is one of the ``Literal`` type ``choices``; otherwise an OptionError naming them."""
     allowed = get_args(choices)
-    if any(value == c and type(value) is type(c) for c in allowed):
+    if any(value == c and isinstance(value, type(c)) for c in allowed):
         return value
     close = difflib.get_close_matches(str(value), [str(c) for c in allowed], n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
