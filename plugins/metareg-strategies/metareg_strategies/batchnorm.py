@@ -18,7 +18,8 @@ function itself once on the merged channels. PyTorch's generated rule (``generat
 returned a view created inside the function, which autograd forbids modifying in place, so any
 backbone with an in-place ReLU after batch norm (torchvision's ResNet-18, learn2learn's ResNet-12)
 failed under MAML; here the function's output is an ordinary tensor and only the reshape around
-it is a view.
+it is a view. Speed is unchanged: a MAML step (Conv-4 Omniglot, 32 tasks, 1 thread) measured 0.98x
+the generated rule's steps per CPU-second, median of 15 paired rounds in one process (spread 0.82-1.17).
 """
 from __future__ import annotations
 
