@@ -4,7 +4,8 @@ MAML normalises with each batch's statistics (support batch in the inner loop, q
 after it). ``torch.func.replace_all_batch_norm_modules_`` gets the first derivative right,
 but under ``vmap(grad(...))`` the second derivative through ``F.batch_norm`` is wrong (for
 example a non-zero meta-gradient for a conv bias that feeds batch norm, which cannot affect
-the output; ``tests/test_maml_gradcheck.py`` checks against a plain autograd loop).
+the output; ``tests/test_maml_gradcheck.py`` checks against a per-task autograd loop through
+plain ``nn.BatchNorm2d``).
 
 :class:`BatchStatisticsFunction` keeps PyTorch's fused batch-norm kernel for the forward pass
 and spells the backward pass with plain tensor operations, recomputed from the saved input,
@@ -16,10 +17,11 @@ Under ``vmap`` over episodes the function has its own batching rule, :meth:`Batc
 ``B`` episodes of ``C`` channels are one batch norm of ``B*C`` channels, so the rule calls the
 function itself once on the merged channels. PyTorch's generated rule (``generate_vmap_rule``)
 returned a view created inside the function, which autograd forbids modifying in place, so any
-backbone with an in-place ReLU after batch norm (torchvision's ResNet-18, learn2learn's ResNet-12)
-failed under MAML; here the function's output is an ordinary tensor and only the reshape around
-it is a view. Speed is unchanged: a MAML step (Conv-4 Omniglot, 32 tasks, 1 thread) measured 0.98x
-the generated rule's steps per CPU-second, median of 15 paired rounds in one process (spread 0.82-1.17).
+backbone that modifies batch norm's output in place (torchvision's ResNet-18: ReLU(inplace=True);
+learn2learn's ResNet-12: ``out += residual``) failed under MAML; here the function's output is
+an ordinary tensor and only the reshape around it is a view. Speed is unchanged: a MAML step
+(Conv-4 Omniglot, 32 tasks, 1 thread) measured 0.98x the generated rule's steps per CPU-second,
+median of 15 paired rounds in one process (spread 0.82-1.17).
 """
 from __future__ import annotations
 
