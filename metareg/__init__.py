@@ -48,6 +48,10 @@ _LAZY = {
     "evaluate": "metareg.run",
     "RunResult": "metareg.run",
     "FewShotClassifier": "metareg.predict",
+    "read_image": "metareg.images",
+    "check_image": "metareg.images",
+    "is_image_file": "metareg.images",
+    "IMAGE_SUFFIXES": "metareg.images",
 }
 
 __all__ = [

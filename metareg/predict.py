@@ -41,17 +41,14 @@ from typing import Any
 import torch
 
 from metareg.errors import CheckpointError, DataError, OptionError
+from metareg.images import IMAGE_SUFFIXES, RESAMPLE, open_image, to_square_uint8
+from metareg.images import is_image_file as _is_image_file
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CACHE_FORMAT = "metareg-support-cache"
 CACHE_VERSION = 1
 
 
 # ---------------------------------------------------------------------------- inputs
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
 def _images_under(folder: Path) -> list[Path]:
@@ -120,44 +117,6 @@ def collect_queries(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return out
 
 
-def _open(path: Path):
-    from PIL import Image
-
-    try:
-        image = Image.open(path)
-        image.load()  # decode now: a truncated file fails here, not in the middle of prediction
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DataError(
-            f"cannot read image {str(path)!r}: {type(exc).__name__}: {exc}; replace or remove the file"
-        ) from None
-    return image
-
-
-RESAMPLE = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
-
-
-def _pil_to_uint8(image, channels: int, size: int, resample: str = "bilinear", crop: str = "center") -> torch.Tensor:
-    from PIL import Image
-
-    mode = "L" if channels == 1 else "RGB"
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    image = image.convert(mode)
-    w, h = image.size
-    box = None
-    if crop == "center" and w != h:  # the centre square, as the imagefolder dataset crops
-        side = min(w, h)
-        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-    if (w, h) != (size, size):
-        image = image.resize((size, size), getattr(Image.Resampling, resample.upper()), box=box)
-    import numpy as np
-
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-    return array.unsqueeze(0) if channels == 1 else array.permute(2, 0, 1).contiguous()
-
-
 def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resample: str, crop: str) -> torch.Tensor:
     """A tensor image goes through PIL like a file, so it is resized exactly as files are."""
     from PIL import Image
@@ -172,7 +131,7 @@ def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resam
         x = (x.float().clamp(0, 1) * 255).round()
     x = x.to(torch.uint8).permute(1, 2, 0).numpy()
     image = Image.fromarray(x[:, :, 0] if x.shape[2] == 1 else x)  # L, RGB or RGBA
-    return _pil_to_uint8(image, channels, size, resample, crop)
+    return to_square_uint8(image, channels, size, resample, crop, name)
 
 
 def load_image(item: Any, channels: int, image_size: int, name: str | None = None,
@@ -184,9 +143,9 @@ def load_image(item: Any, channels: int, image_size: int, name: str | None = Non
         path = Path(item)
         if not path.is_file():
             raise DataError(f"image {str(path)!r} does not exist")
-        return _pil_to_uint8(_open(path), channels, image_size, resample, crop)
+        return to_square_uint8(open_image(path), channels, image_size, resample, crop, str(path))
     if isinstance(item, Image.Image):
-        return _pil_to_uint8(item, channels, image_size, resample, crop)
+        return to_square_uint8(item, channels, image_size, resample, crop, name or "image")
     if isinstance(item, torch.Tensor) or hasattr(item, "__array__"):
         return _tensor_to_uint8(torch.as_tensor(item), channels, image_size, name or "image", resample, crop)
     raise DataError(f"{name or 'image'}: cannot use a {type(item).__name__} as an image; "

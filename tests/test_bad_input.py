@@ -6,12 +6,17 @@ each asserts the message names the value and the way out, and that nothing was c
 from __future__ import annotations
 
 import math
+import struct
 import typing
+import zlib
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from metareg.cli import cli
 from metareg.config import BOUNDS, RunConfig
@@ -19,9 +24,10 @@ from metareg.errors import ConfigError
 
 # glyphs at 14 px with 6 renderings per class: generated once into the test cache, then fast.
 DATA = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6"]
-TINY = [*DATA, "--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1", "--queries", "2",
-        "--meta-batch-size", "2", "--epoch-length", "2", "--max-epochs", "1", "--test-num-tasks", "4",
-        "--val-num-tasks", "2", "--eval-meta-batch-size", "2", "--no-progress"]
+TRAIN = ["--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1", "--queries", "2",
+         "--meta-batch-size", "2", "--epoch-length", "2", "--max-epochs", "1", "--test-num-tasks", "4",
+         "--val-num-tasks", "2", "--eval-meta-batch-size", "2", "--no-progress"]
+TINY = [*DATA, *TRAIN]
 
 
 def metareg(*args):
@@ -39,9 +45,9 @@ def refused(result, *needles: str) -> str:
     return lines[0]
 
 
-def run_refused(tmp_path: Path, *args: str, needles: tuple[str, ...]) -> str:
+def run_refused(tmp_path: Path, *args: str, needles: tuple[str, ...], base: list[str] = TINY) -> str:
     out = tmp_path / "run"
-    line = refused(metareg("run", *TINY, *args, "--output-dir", str(out)), *needles)
+    line = refused(metareg("run", *base, *args, "--output-dir", str(out)), *needles)
     assert not out.exists(), "a refused run must not create its run directory"
     return line
 
@@ -202,3 +208,145 @@ def test_cluster_launcher_is_detected_from_the_environment(environ, launcher):
     else:
         check_nodes(2, environ)
     check_nodes(1, environ)  # one node needs no cluster
+
+
+# ----------------------------------------------------------------------------- images
+
+SIDE = 32
+
+
+def _gradient16() -> np.ndarray:
+    """A 16-bit grey gradient over the whole range: 8-bit scaled mean about 127, clipped mean about 254."""
+    return np.linspace(0, 65535, SIDE * SIDE).round().astype(np.uint16).reshape(SIDE, SIDE)
+
+
+def _write_16bit_png(path: Path) -> float:
+    Image.fromarray(_gradient16()).save(path)
+    assert Image.open(path).mode == "I;16"
+    return float((_gradient16() * (255 / 65535)).mean())
+
+
+def _write_16bit_pgm(path: Path) -> float:
+    path.write_bytes(b"P5 %d %d 65535\n" % (SIDE, SIDE) + _gradient16().astype(">u2").tobytes())
+    assert Image.open(path).mode == "I"
+    return float((_gradient16() * (255 / 65535)).mean())
+
+
+def _write_float_tiff(path: Path) -> float:
+    values = np.linspace(0, 1, SIDE * SIDE, dtype=np.float32).reshape(SIDE, SIDE)
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode == "F"
+    return float(values.mean() * 255)
+
+
+HIGH_BIT_DEPTH = {"png-I;16": (".png", _write_16bit_png), "pgm-I": (".pgm", _write_16bit_pgm),
+                  "tiff-F": (".tiff", _write_float_tiff)}
+
+
+def _image_folder(root: Path, suffix: str, write, classes: int = 3, per_class: int = 2) -> float:
+    for c in range(classes):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(per_class):
+            expected = write(root / f"class{c}" / f"{i}{suffix}")
+    return expected
+
+
+@pytest.mark.parametrize("kind", HIGH_BIT_DEPTH)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_high_bit_depth_images_are_scaled_not_clipped(tmp_path, kind, channels):
+    from metareg_datasets.imagefolder import imagefolder
+
+    import metareg
+    from metareg.predict import load_image
+
+    suffix, write = HIGH_BIT_DEPTH[kind]
+    expected = _image_folder(tmp_path, suffix, write)
+    one = next(tmp_path.rglob(f"*{suffix}"))
+    clipped = np.asarray(Image.open(one).convert("L"), dtype=np.float64).mean()
+    # what a clipping conversion gives is far from the scaled source, so the assertions below can fail
+    assert abs(clipped - expected) > 50, (clipped, expected)
+
+    ds = imagefolder(root=str(tmp_path), image_size=SIDE, channels=channels, ratios=(1, 1, 1))
+    for split in (ds.train, ds.validation, ds.test):
+        pixels = split.images.gather(np.arange(len(split.labels)).tolist()).double()
+        assert pixels.shape[1:] == (channels, SIDE, SIDE)
+        assert abs(pixels.mean().item() - expected) < 0.5
+    predicted = load_image(one, channels, SIDE).double()
+    assert abs(predicted.mean().item() - expected) < 0.5
+    assert torch.equal(metareg.read_image(one, channels, SIDE), load_image(one, channels, SIDE))
+
+
+def test_scaling_is_shown_to_fail_with_a_clipping_conversion(tmp_path, monkeypatch):
+    # the mutation the test above guards against: convert high-bit-depth images the way Pillow clips them
+    from metareg import images
+    from metareg.predict import load_image
+
+    expected = _write_16bit_png(tmp_path / "g.png")
+    monkeypatch.setattr(images, "to_8bit", lambda image, name="image": image)
+    assert abs(load_image(tmp_path / "g.png", 1, SIDE).double().mean().item() - expected) > 50
+
+
+@pytest.mark.parametrize("values, needle", [
+    (np.full((8, 8), 2.5, np.float32), "floating-point image with values from 2.5 to 2.5"),
+    (np.full((8, 8), np.nan, np.float32), "floating-point image"),
+    (np.full((8, 8), 70000, np.int32), "32-bit integer image with values from 70000"),
+])
+def test_high_bit_depth_images_out_of_range_are_refused_by_name(tmp_path, values, needle):
+    from metareg.errors import DataError
+    from metareg.predict import load_image
+
+    path = tmp_path / "odd.tiff"
+    Image.fromarray(values).save(path)
+    with pytest.raises(DataError, match=needle) as info:
+        load_image(path, 1, 8)
+    assert str(path) in str(info.value)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    from metareg.images import open_image
+
+    # stored 8 wide, 4 high, left half black; EXIF 6 means "rotate 90 degrees clockwise to view"
+    pixels = np.zeros((4, 8), np.uint8)
+    pixels[:, 4:] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "sideways.png", exif=exif)
+    upright = np.asarray(open_image(tmp_path / "sideways.png"))
+    assert upright.shape == (8, 4)
+    assert upright[:4].max() == 0 and upright[4:].min() == 255  # black on top after turning
+
+
+def _png_header_bomb(path: Path, width: int, height: int) -> None:
+    """A tiny PNG whose header claims width x height grey pixels (Pillow checks the size when opening)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_in_an_image_folder_is_refused_by_name(tmp_path):
+    root = tmp_path / "images"
+    _image_folder(root, ".png", lambda p: Image.new("L", (8, 8), 128).save(p))
+    bomb = root / "class1" / "bomb.png"
+    _png_header_bomb(bomb, 30000, 30000)
+    line = run_refused(tmp_path, "--dataset", "imagefolder", "--dataset-opt", f"root={root}",
+                       needles=(str(bomb), "has 900000000 pixels", "MAX_IMAGE_PIXELS = 89478485", "shrink or remove"),
+                       base=TRAIN)
+    assert "imagefolder" in line
+    # lazy loading checks every file up front too
+    run_refused(tmp_path, "--dataset", "imagefolder", "--dataset-opt", f"root={root}", "--dataset-opt", "lazy=true",
+                needles=(str(bomb), "MAX_IMAGE_PIXELS"), base=TRAIN)
+
+
+def test_image_over_the_warning_limit_is_refused_too(tmp_path, monkeypatch):
+    # Pillow only warns between MAX_IMAGE_PIXELS and twice that; metareg refuses from the limit on
+    from metareg.errors import DataError
+    from metareg.predict import load_image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    Image.new("L", (40, 40)).save(tmp_path / "big.png")  # 1600 pixels: between the limit and twice it
+    limit = r"big\.png. has 1600 pixels, more than the limit PIL\.Image\.MAX_IMAGE_PIXELS = 1000 "
+    with pytest.raises(DataError, match=limit):
+        load_image(tmp_path / "big.png", 1, 8)

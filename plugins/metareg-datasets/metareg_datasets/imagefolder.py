@@ -7,9 +7,11 @@ Two layouts:
 * ``root/<class>/*``: classes are split into disjoint train / validation / test sets
   by ``ratios`` and ``seed``.
 
-Image files: .png .jpg .jpeg .bmp .gif .webp (any case); other files are ignored.
-Every image is centre-cropped to a square, resized to ``image_size`` and converted to
-``channels`` (1 = grey, 3 = RGB).
+Image files: ``metareg.IMAGE_SUFFIXES`` (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm,
+any case); other files are ignored. Every image is read by ``metareg.read_image``, as
+``metareg predict`` reads new images: turned upright by its EXIF tag, 16-bit and float
+grey scaled to 8 bits, transparency flattened onto white, converted to ``channels``
+(1 = grey, 3 = RGB), centre-cropped to a square and resized to ``image_size``.
 
 Everything is checked when the dataset is built, before any training: an empty class
 folder or an unreadable image is a :class:`metareg.DataError` naming it. By default
@@ -25,7 +27,6 @@ from typing import Literal
 
 import metareg
 
-EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SPLIT_DIRS = {"train": ("train",), "validation": ("val", "validation", "valid"), "test": ("test",)}
 
 
@@ -34,44 +35,27 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in EXTENSIONS and not p.name.startswith("."))
+    files = sorted(p for p in folder.rglob("*") if metareg.is_image_file(p))
     if not files:
         raise metareg.DataError(
-            f"imagefolder: class folder {folder} has no images ({', '.join(EXTENSIONS)}); "
+            f"imagefolder: class folder {folder} has no images ({', '.join(metareg.IMAGE_SUFFIXES)}); "
             "add images to it or remove the folder"
         )
     return files
 
 
 def _decode(path: Path, image_size: int, channels: int):
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as im:
-            im.seek(0)
-            im = im.convert("L" if channels == 1 else "RGB")
-            w, h = im.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            im = im.resize((image_size, image_size), Image.BILINEAR, box=(left, top, left + side, top + side),
-                           reducing_gap=3.0)
-            x = torch.from_numpy(np.asarray(im).copy())
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise metareg.DataError(f"imagefolder: cannot read image {path}: {exc}. Fix or remove the file.") from exc
-    return x.unsqueeze(0) if channels == 1 else x.permute(2, 0, 1)
+        return metareg.read_image(path, channels, image_size)
+    except metareg.DataError as exc:
+        raise metareg.DataError(f"imagefolder: {exc}") from None
 
 
 def _check(path: Path) -> None:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise metareg.DataError(f"imagefolder: cannot read image {path}: {exc}. Fix or remove the file.") from exc
+        metareg.check_image(path)
+    except metareg.DataError as exc:
+        raise metareg.DataError(f"imagefolder: {exc}") from None
 
 
 def _build_split(classes: list[tuple[str, list[Path]]], image_size: int, channels: int, lazy: bool):
