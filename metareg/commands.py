@@ -121,9 +121,10 @@ def run_cmd(config_file, print_config, resume, **values):
             raise ConfigError("--resume needs --output-dir: the run directory to continue")
         from pathlib import Path
 
-        from metareg.rundir import check
+        from metareg.rundir import check, launched_worker
 
-        check(Path(out).resolve(), "run", resume=True)  # a run, and not in use: before reading its settings
+        if not launched_worker():  # a ddp-launched process runs under its parent's claim
+            check(Path(out).resolve(), "run", resume=True)  # a run, and not in use: before reading its settings
         saved = Path(out) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"cannot resume: {str(saved)!r} does not exist")

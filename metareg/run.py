@@ -39,7 +39,7 @@ from metareg.errors import CheckpointError, ConfigError, MetaregError
 from metareg.evaluation import Report, read_episodes, summarise
 from metareg.files import atomic_output, atomic_write
 from metareg.hardware import check as check_hardware
-from metareg.rundir import RunDir, check, read_marker, unique
+from metareg.rundir import RunDir, check, launched_worker, read_marker, unique
 
 RUN_DIR_ENV = "METAREG_RUN_DIR"
 
@@ -52,12 +52,8 @@ class RunResult:
     best_checkpoint: Path | None = None
 
 
-def _is_launched_worker() -> bool:
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
-
-
 def _run_dir(config: RunConfig, resume: bool) -> Path:
-    if _is_launched_worker() and os.environ.get(RUN_DIR_ENV):
+    if launched_worker() and os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     if config.output_dir:
         path = Path(config.output_dir)
@@ -204,7 +200,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
         )
     # Processes that Lightning launches find the directory in the environment and write into it under
     # their parent's claim; claiming it themselves would be refused.
-    claim = RunDir.joined(run_dir, "run") if _is_launched_worker() else RunDir.claim(run_dir, "run", resume=resume)
+    claim = RunDir.joined(run_dir, "run") if launched_worker() else RunDir.claim(run_dir, "run", resume=resume)
     try:
         return _train_claimed(config, prepared, learner, trainer, claim, resume)
     finally:
@@ -384,7 +380,7 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     check_hardware(config)
     if dataset is not None:
         config = config.replace(dataset=dataset.name)
-    worker = _is_launched_worker() and os.environ.get(RUN_DIR_ENV)
+    worker = launched_worker() and os.environ.get(RUN_DIR_ENV)
     if worker:
         run_dir = Path(os.environ[RUN_DIR_ENV])
     else:

@@ -67,6 +67,11 @@ class Contents:
         return self.kind is None and self.has_last and (self.path / "config.yaml").is_file()
 
 
+def launched_worker() -> bool:
+    """True in a process that Lightning's ddp launcher started: it works under its parent's claim."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
+
+
 def read_marker(path: Path) -> str | None:
     try:
         data = json.loads((path / MARKER).read_text())

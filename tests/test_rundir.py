@@ -177,3 +177,19 @@ def test_a_copied_run_resumes_and_tests_from_its_own_files(trained, tmp_path):
     assert check.exit_code == 0, check.output
     with open(moved / "test_episodes.csv") as a, open(tmp_path / "check" / "test_episodes.csv") as b:
         assert a.read() == b.read()
+
+
+@pytest.mark.slow
+def test_processes_the_ddp_launcher_starts_work_under_their_parents_claim(trained, tmp_path):
+    """Lightning's ddp launcher re-executes the command line; the second process must not claim the directory."""
+    import shutil
+
+    out = tmp_path / "ddp"
+    shutil.copytree(trained, out)
+    cmd = [str(METAREG), "run", "--resume", "--output-dir", str(out), "--max-epochs", "3", "--devices", "2",
+           "--accelerator", "cpu", "--trainer-strategy", "ddp"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Error" not in done.stderr
+    assert json.loads((out / "summary.json").read_text())["resumed"] is True
+    assert (out / LOCK).read_text() == ""  # released by the parent when the run ended
