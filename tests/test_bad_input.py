@@ -350,3 +350,29 @@ def test_image_over_the_warning_limit_is_refused_too(tmp_path, monkeypatch):
     limit = r"big\.png. has 1600 pixels, more than the limit PIL\.Image\.MAX_IMAGE_PIXELS = 1000 "
     with pytest.raises(DataError, match=limit):
         load_image(tmp_path / "big.png", 1, 8)
+
+
+# ----------------------------------------------------------------------------- dataset files
+
+
+def test_omniglot_zip_with_a_corrupt_member_is_refused_by_name(tmp_path):
+    import io
+    import zipfile
+
+    archive = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for alphabet in ("Alpha", "Beta", "Gamma"):
+            for character in ("character01", "character02"):
+                for k in range(2):
+                    png = io.BytesIO()
+                    Image.new("L", (105, 105), 255).save(png, "PNG")
+                    zf.writestr(f"images_background/{alphabet}/{character}/{k}.png", png.getvalue())
+    victim = "images_background/Beta/character02/1.png"
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo(victim)
+    raw = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    raw[start + info.compress_size - 1] ^= 0xFF  # one flipped byte: the member's CRC-32 no longer matches
+    archive.write_bytes(bytes(raw))
+    run_refused(tmp_path, "--dataset", "omniglot", "--dataset-opt", f"root={tmp_path}", base=TRAIN,
+                needles=(str(archive), victim, "Bad CRC-32", "get it again"))

@@ -28,6 +28,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -116,13 +118,23 @@ def _decode(source: Path, image_size: int) -> dict[str, np.ndarray]:
         labels = np.empty(len(entries), np.int32)
         for i, (alphabet, character, where, read) in enumerate(entries):
             try:
-                with Image.open(io.BytesIO(read())) as im:
+                data = read()
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+                # a bad CRC, a truncated or encrypted member: the zip itself is damaged
+                raise metareg.DataError(
+                    f"omniglot: {source} is damaged: {where} cannot be read ({type(exc).__name__}: {exc}); "
+                    f"delete {source.name} and get it again (download=true fetches the official zip)"
+                ) from None
+            try:
+                with Image.open(io.BytesIO(data)) as im:
                     im = im.convert("L")
                     if im.size != (image_size, image_size):
                         im = im.resize((image_size, image_size), Image.BOX)
                     images[i, 0] = 255 - np.asarray(im)  # strokes are black in the files
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise metareg.DataError(f"omniglot: cannot decode image {where} in {source}: {exc}") from exc
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
+                    Image.DecompressionBombWarning) as exc:
+                raise metareg.DataError(f"omniglot: cannot decode image {where} in {source}: {exc}; delete "
+                                        f"{source.name} and get it again") from None
             key = f"{alphabet}/{character}"
             if key not in index:
                 index[key] = len(class_names)
