@@ -376,3 +376,28 @@ def test_omniglot_zip_with_a_corrupt_member_is_refused_by_name(tmp_path):
     archive.write_bytes(bytes(raw))
     run_refused(tmp_path, "--dataset", "omniglot", "--dataset-opt", f"root={tmp_path}", base=TRAIN,
                 needles=(str(archive), victim, "Bad CRC-32", "get it again"))
+
+
+@pytest.mark.parametrize("dataset", ["miniimagenet", "l2l-miniimagenet"])
+@pytest.mark.parametrize("indices, needle", [
+    ([0, 1, 99], "lists image indices outside [0, 6)"),
+    ([0, -1], "lists image indices outside [0, 6)"),  # would wrap around silently
+    ([0, 2], "shares images with another class"),
+])
+def test_miniimagenet_pickle_with_bad_indices_is_refused(tmp_path, dataset, indices, needle):
+    import pickle
+
+    from metareg.plugins import get_plugins
+    from metareg.registry import Registry
+
+    if dataset not in Registry(get_plugins()).names("datasets"):
+        pytest.skip(f"{dataset} is not installed")
+    root = tmp_path / "mini"
+    root.mkdir()
+    for split in ("train", "validation", "test"):
+        class_dict = {"n01": [2, 3], "n02": [4, 5], "n03": indices} if split == "train" else \
+            {"n01": [0, 1], "n02": [2, 3], "n03": [4, 5]}
+        data = {"image_data": np.zeros((6, 8, 8, 3), np.uint8), "class_dict": class_dict}
+        (root / f"mini-imagenet-cache-{split}.pkl").write_bytes(pickle.dumps(data))  # a file this test created
+    run_refused(tmp_path, "--dataset", dataset, "--dataset-opt", f"root={root}", base=TRAIN,
+                needles=("mini-imagenet-cache-train.pkl", "class 'n03'", needle, "download it again"))

@@ -94,10 +94,13 @@ def read_pickle_split(path: Path, split: str, image_size: int):
     labels = np.full(len(images), -1, np.int64)
     for label, key in enumerate(sorted(class_dict, key=str)):
         idx = np.asarray(class_dict[key]).reshape(-1)
-        if idx.dtype.kind not in "iu" or (len(idx) and (idx.min() < 0 or idx.max() >= len(images))):
-            raise metareg.DataError(f"{path}: class {key!r} lists indices outside [0, {len(images)})")
+        if len(idx) and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(images)):
+            raise metareg.DataError(f"miniimagenet: {path}: class {key!r} lists image indices outside "
+                                    f"[0, {len(images)}); the file is damaged: delete it and download it again")
+        idx = idx.astype(np.int64)  # an empty list arrives as float64
         if (labels[idx] >= 0).any():
-            raise metareg.DataError(f"{path}: class {key!r} shares images with another class")
+            raise metareg.DataError(f"miniimagenet: {path}: class {key!r} shares images with another class; the "
+                                    "file is damaged: delete it and download it again")
         labels[idx] = label
     keep = np.nonzero(labels >= 0)[0]
     if len(keep) != len(images):

@@ -168,10 +168,24 @@ def mini_imagenet(*, root: str | None = None, download: bool = False) -> metareg
         images = np.asarray(data["image_data"])
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise metareg.DataError(f"{name}: {path}: image_data must be uint8 (N, H, W, 3), got {images.shape}")
+        if not isinstance(data["class_dict"], dict) or not data["class_dict"]:
+            raise metareg.DataError(f"{name}: {path}: class_dict must be a non-empty dict {{class: [indices]}}; "
+                                    "the file is damaged: delete it and download it again")
         classes = list(data["class_dict"])
         labels = np.full(len(images), -1, dtype=np.int64)
         for c, cls in enumerate(classes):
-            labels[np.asarray(data["class_dict"][cls], dtype=np.int64)] = c
+            idx = np.asarray(data["class_dict"][cls]).reshape(-1)
+            # a negative index would silently wrap around, a too large one raise IndexError
+            if len(idx) and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(images)):
+                raise metareg.DataError(
+                    f"{name}: {path}: class {cls!r} lists image indices outside [0, {len(images)}) (the file holds "
+                    f"{len(images)} images); the file is damaged: delete it and download it again"
+                )
+            idx = idx.astype(np.int64)  # an empty list arrives as float64
+            if (labels[idx] >= 0).any():
+                raise metareg.DataError(f"{name}: {path}: class {cls!r} shares images with another class; the file "
+                                        "is damaged: delete it and download it again")
+            labels[idx] = c
         if (labels < 0).any():
             raise metareg.DataError(f"{name}: {path}: {int((labels < 0).sum())} images belong to no class")
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
