@@ -401,3 +401,83 @@ def test_miniimagenet_pickle_with_bad_indices_is_refused(tmp_path, dataset, indi
         (root / f"mini-imagenet-cache-{split}.pkl").write_bytes(pickle.dumps(data))  # a file this test created
     run_refused(tmp_path, "--dataset", dataset, "--dataset-opt", f"root={root}", base=TRAIN,
                 needles=("mini-imagenet-cache-train.pkl", "class 'n03'", needle, "download it again"))
+
+
+# ----------------------------------------------------------------------------- glyphs cache
+
+GLYPHS = {"image_size": 14, "samples_per_class": 6}  # the options of DATA
+
+
+@pytest.fixture(scope="module")
+def good_glyphs():
+    from metareg_datasets import glyphs
+
+    return glyphs.load_arrays(**GLYPHS)  # from the shared test cache after the first test run
+
+
+@pytest.fixture
+def glyphs_cache(tmp_path, monkeypatch, good_glyphs):
+    """A private cache folder, and a generator that returns the good arrays without rendering (and counts calls)."""
+    from metareg_datasets import glyphs
+
+    monkeypatch.setenv("METAREG_CACHE_DIR", str(tmp_path / "cache"))
+    calls = []
+
+    def generate(**opts):
+        calls.append(opts)
+        return {k: v.copy() for k, v in good_glyphs.items() if k != "generation_seconds"}
+
+    monkeypatch.setattr(glyphs, "generate", generate)
+    path = glyphs.cache_path(seed=0, min_fonts=9, **GLYPHS)
+    return path, calls
+
+
+def _damaged(good: dict, how: str) -> dict:
+    arrays = {k: v.copy() for k, v in good.items()}
+    if how == "label too large":
+        arrays["labels"][3] = len(arrays["codepoints"]) + 7
+    elif how == "negative label":
+        arrays["labels"][0] = -2
+    elif how == "images of another size":
+        arrays["images"] = arrays["images"][:, :, :10, :10]
+    elif how == "missing samples":
+        arrays["labels"], arrays["images"] = arrays["labels"][1:], arrays["images"][1:]
+    return arrays
+
+
+def test_glyphs_cache_with_labels_out_of_range_is_regenerated_with_a_warning(glyphs_cache, good_glyphs, tmp_path):
+    path, calls = glyphs_cache
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **_damaged(good_glyphs, "label too large"))
+    with pytest.warns(RuntimeWarning, match=r"is inconsistent \(labels range from 0 to \d+, outside"):
+        result = metareg("run", *TINY, "--output-dir", str(tmp_path / "run"))
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 1
+    with np.load(path) as repaired:
+        assert repaired["labels"].max() < len(repaired["codepoints"])
+
+
+@pytest.mark.parametrize("how", ["negative label", "images of another size", "missing samples"])
+def test_inconsistent_glyphs_cache_is_regenerated(glyphs_cache, good_glyphs, how):
+    from metareg_datasets.glyphs import glyphs
+
+    path, calls = glyphs_cache
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **_damaged(good_glyphs, how))
+    with pytest.warns(RuntimeWarning, match="is inconsistent"):
+        ds = glyphs(**GLYPHS)
+    assert len(calls) == 1 and ds.train.num_classes > 0
+    glyphs(**GLYPHS)  # the rewritten cache is used as it is
+    assert len(calls) == 1
+
+
+def test_glyphs_cache_path_that_is_a_folder_is_left_alone_with_a_warning(glyphs_cache):
+    from metareg_datasets.glyphs import glyphs
+
+    path, calls = glyphs_cache
+    path.mkdir(parents=True)
+    (path / "mine.txt").write_text("not metareg's")
+    with pytest.warns(RuntimeWarning, match="is a folder, not a cache file; generating the dataset without caching"):
+        ds = glyphs(**GLYPHS)
+    assert len(calls) == 1 and ds.test.num_classes > 0
+    assert (path / "mine.txt").read_text() == "not metareg's"

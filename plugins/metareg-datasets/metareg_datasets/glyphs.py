@@ -281,14 +281,43 @@ def load_arrays(*, seed: int = 0, image_size: int = 28, samples_per_class: int =
                 alphabets=tuple(alphabets))
     path = cache_path(**opts)
     required = ("images", "labels", "codepoints", "block_index", "block_names")
-    arrays = None if regenerate else cache.load_npz(path, required)
+    writable = not path.exists() or path.is_file()
+    if not writable:
+        warnings.warn(f"glyphs: the cache path {path} is a {'folder' if path.is_dir() else 'special file'}, not a "
+                      "cache file; generating the dataset without caching it (remove it to cache again)",
+                      RuntimeWarning, stacklevel=3)
+    arrays = None if regenerate or not writable else cache.load_npz(path, required)
     if arrays is not None:
-        return arrays
+        problem = _inconsistency(arrays, image_size, samples_per_class)
+        if problem is None:
+            return arrays
+        warnings.warn(f"glyphs: cache file {path} is inconsistent ({problem}); regenerating it",
+                      RuntimeWarning, stacklevel=3)
     t0 = time.perf_counter()
     arrays = generate(**opts)
     arrays["generation_seconds"] = np.array(time.perf_counter() - t0)
-    cache.save_npz(path, **arrays)
+    if writable:
+        cache.save_npz(path, **arrays)
     return arrays
+
+
+def _inconsistency(a: dict[str, np.ndarray], image_size: int, samples_per_class: int) -> str | None:
+    """What is wrong with cached arrays (a damaged or foreign file under the right name), or None."""
+    images, labels, cps, bidx = a["images"], a["labels"], a["codepoints"], a["block_index"]
+    if images.dtype != np.uint8 or images.shape[1:] != (1, image_size, image_size):
+        return f"images are {images.dtype} {images.shape}, expected uint8 (N, 1, {image_size}, {image_size})"
+    if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+        return f"labels are {labels.dtype} {labels.shape} for {len(images)} images"
+    if cps.ndim != 1 or bidx.shape != cps.shape or bidx.dtype.kind not in "iu" or cps.dtype.kind not in "iu":
+        return f"codepoints {cps.shape} and block_index {bidx.shape} do not match"
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(cps)):
+        return f"labels range from {labels.min()} to {labels.max()}, outside [0, {len(cps)})"
+    if len(bidx) and (bidx.min() < 0 or bidx.max() >= len(a["block_names"])):
+        return f"block_index outside [0, {len(a['block_names'])})"
+    counts = np.bincount(labels, minlength=len(cps))
+    if (counts != samples_per_class).any():
+        return f"classes hold {counts.min()}..{counts.max()} images, expected {samples_per_class} each"
+    return None
 
 
 def split_alphabets(sizes: dict[str, int], ratios: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
@@ -363,6 +392,8 @@ def glyphs(
             raise metareg.OptionError(
                 f"glyphs: unknown alphabet {name!r}.{hint} Known Unicode blocks: {', '.join(known)}")
     alphabets = tuple(sorted(set(alphabets)))
+    cache_file = cache_path(seed=seed, image_size=image_size, samples_per_class=samples_per_class,
+                            min_fonts=min_fonts, alphabets=alphabets)
     a = load_arrays(seed=seed, image_size=image_size, samples_per_class=samples_per_class, min_fonts=min_fonts,
                     alphabets=alphabets, regenerate=regenerate)
     images = torch.from_numpy(a["images"])
@@ -372,8 +403,8 @@ def glyphs(
     sizes = {name: int((bidx == i).sum()) for i, name in enumerate(bnames)}
     assignment = split_alphabets(sizes, tuple(ratios), split_seed)
     parts = {}
-    for split, alphabets in assignment.items():
-        wanted = np.isin(bidx, [bnames.index(x) for x in alphabets])
+    for split, blocks in assignment.items():
+        wanted = np.isin(bidx, [bnames.index(x) for x in blocks])
         chosen = np.nonzero(wanted)[0]
         remap = torch.full((len(cps),), -1, dtype=torch.long)
         remap[torch.from_numpy(chosen)] = torch.arange(len(chosen))
@@ -385,7 +416,6 @@ def glyphs(
         # `metareg predict` inverts new images: characters on paper or screen are dark on light
         "invert": True,
         "generation_seconds": float(a.get("generation_seconds", np.nan)),
-        "cache": os.fspath(cache_path(seed=seed, image_size=image_size, samples_per_class=samples_per_class,
-                                      min_fonts=min_fonts, alphabets=alphabets)),
+        "cache": os.fspath(cache_file),
     }
     return metareg.FewShotDataset("glyphs", parts["train"], parts["validation"], parts["test"], 1, image_size, info)
