@@ -35,9 +35,18 @@ class Resolved:
             return self.factory(**kwargs)
         except MetaregError:
             raise
-        except (TypeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure inside a plugin's factory: say whose it is
+            what = f"{SINGULAR[self.kind]} {self.name!r}"
+            plugin = getattr(getattr(self.provider, "plugin", None), "label", None)
+            source = f" from plugin {plugin}" if plugin else ""
+            if isinstance(exc, (TypeError, ValueError)):
+                raise MetaregError(
+                    f"{what}{source} rejected its options {self.options}: {type(exc).__name__}: {exc}"
+                ) from exc
             raise MetaregError(
-                f"{SINGULAR[self.kind]} {self.name!r} rejected its options {self.options}: {exc}"
+                f"{what}{source} failed while being built: {type(exc).__name__}: {exc}. Unless this points at "
+                f"your options {self.options}, it is a bug in that plugin: report it to its authors, or choose "
+                f"another {SINGULAR[self.kind]} (`metareg list`)"
             ) from exc
 
 

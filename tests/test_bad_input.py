@@ -481,3 +481,27 @@ def test_glyphs_cache_path_that_is_a_folder_is_left_alone_with_a_warning(glyphs_
         ds = glyphs(**GLYPHS)
     assert len(calls) == 1 and ds.test.num_classes > 0
     assert (path / "mine.txt").read_text() == "not metareg's"
+
+
+# ----------------------------------------------------------------------------- plugins
+
+BUGGY = Path(__file__).parent / "fixtures" / "buggydist"
+
+
+@pytest.mark.parametrize("option, name, error", [
+    ("--backbone", "buggynet", "RuntimeError: weight table missing"),
+    ("--strategy", "buggystrategy", "KeyError: 'lr'"),
+    ("--transform", "buggytransform", "AttributeError"),
+    ("--dataset", "buggydata", "ZeroDivisionError"),
+])
+def test_plugin_factory_that_raises_is_named_with_its_distribution(tmp_path, monkeypatch, option, name, error):
+    monkeypatch.syspath_prepend(str(BUGGY))  # "installs" metareg-fake-buggy 0.5
+    out = tmp_path / "run"
+    base = TRAIN if option == "--dataset" else TINY
+    if option == "--backbone":
+        base = [a for a in base if a not in ("--backbone-opt", "hidden=8")]  # conv4's option
+    result = metareg("--load-plugins", "backbones,strategies,datasets,kornia,buggy", "run", *base, option, name,
+                     "--output-dir", str(out))
+    refused(result, f"{option[2:]} {name!r} from plugin buggy (metareg-fake-buggy 0.5) failed while being built",
+            error, "report it to its authors")
+    assert not out.exists()
