@@ -129,6 +129,7 @@ def run_cmd(config_file, print_config, resume, **values):
         if not saved.is_file():
             raise ConfigError(f"cannot resume: {str(saved)!r} does not exist")
         file_settings = RunConfig.load_yaml(saved)
+        RunConfig.from_saved(file_settings, str(saved))  # an error in the stored settings names the file
     config = RunConfig.from_sources(file_settings, cli_settings)
     if print_config:
         click.echo(config.to_yaml(), nl=False)

@@ -505,3 +505,38 @@ def test_plugin_factory_that_raises_is_named_with_its_distribution(tmp_path, mon
     refused(result, f"{option[2:]} {name!r} from plugin buggy (metareg-fake-buggy 0.5) failed while being built",
             error, "report it to its authors")
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- stored settings
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "done"
+    result = metareg("run", *TINY, "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_checkpoint_with_invalid_stored_settings_is_refused_naming_the_file(finished_run, tmp_path):
+    ckpt = torch.load(finished_run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    ckpt["metareg"]["config"]["lr"] = float("nan")
+    damaged = tmp_path / "damaged.ckpt"
+    torch.save(ckpt, damaged)
+    line = refused(metareg("eval", str(damaged), "--output-dir", str(tmp_path / "eval")),
+                   str(damaged), "lr must be a finite number", "got nan")
+    assert "settings stored in" in line
+    assert not (tmp_path / "eval").exists()
+
+
+def test_resume_with_invalid_stored_settings_is_refused_naming_the_file(finished_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(finished_run, copy)
+    saved = copy / "config.yaml"
+    saved.write_text(saved.read_text().replace("seed: 0\n", "seed: -5\n"))
+    before = sorted(p.relative_to(copy) for p in copy.rglob("*"))
+    refused(metareg("run", "--resume", "--output-dir", str(copy), "--max-epochs", "2"),
+            f"settings stored in {str(saved)!r}", "seed must be an integer from 0 to 4294967295", "got -5")
+    assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
