@@ -541,3 +541,10 @@ def test_resume_with_invalid_stored_settings_is_refused_naming_the_file(finished
     refused(metareg("run", "--resume", "--output-dir", str(copy), "--max-epochs", "2"),
             f"settings stored in {str(saved)!r}", "seed must be an integer from 0 to 4294967295", "got -5")
     assert sorted(p.relative_to(copy) for p in copy.rglob("*")) == before
+
+
+def test_eval_on_a_missing_gpu_is_refused_before_any_work(finished_run, tmp_path, no_gpu):
+    out = tmp_path / "eval"
+    refused(metareg("eval", str(finished_run / "checkpoints" / "last.ckpt"), "--accelerator", "gpu",
+                    "--output-dir", str(out)), "accelerator 'gpu' needs a GPU", "use --accelerator cpu")
+    assert not out.exists()
