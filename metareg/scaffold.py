@@ -107,7 +107,10 @@ def _plugin_module(kinds: tuple[str, ...]) -> str:
             f'        "$name-{suffix}",\n'
             f'        "$pkg.{module}:{attr}",\n'
             f'        summary="{_SUMMARIES[kind]}",\n'
-            "    )\n"
+            # The example CNN's forward is a pure function of its parameters, so MAML's torch.func inner
+            # loop can run it: say so, or `metareg run --strategy maml` refuses the pairing.
+            + ('        provides={"functional"},\n' if kind == "backbone" else "")
+            + "    )\n"
         )
     return "".join(parts)
 
