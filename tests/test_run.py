@@ -407,3 +407,14 @@ def test_a_diverging_update_is_never_saved_and_the_last_good_checkpoint_is_named
     for path in saved:
         ckpt = torch.load(path, weights_only=True)
         assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values()), path
+
+
+def test_the_finite_check_is_exact_for_huge_values_and_catches_every_non_finite_one():
+    from metareg.learner import all_finite
+
+    huge = torch.full((10_000,), 3.0e38)  # finite, though its float32 sum or 2-norm overflows
+    assert all_finite([huge, torch.arange(3), torch.zeros(0)])
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        assert not all_finite([huge, torch.tensor([1.0, bad])])
+    assert not all_finite([torch.tensor([float("inf"), float("-inf")])])  # a sum alone would read NaN: caught too
+    assert not all_finite([torch.tensor([1.0, float("inf")], dtype=torch.bfloat16)])
