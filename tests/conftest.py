@@ -30,3 +30,17 @@ def fresh_plugins():
     set_plugins(None)
     yield
     set_plugins(None)
+
+
+# Switches the CLI exports for the processes Lightning launches (cli.py, run.py). In-process CliRunner
+# calls would leave them set for every later test; each test starts and ends without them.
+_SWITCHES = ("METAREG_STRICT", "METAREG_PLUGINS", "METAREG_DISABLE_PLUGINS", "METAREG_RUN_DIR")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_switches():
+    saved = {k: os.environ.pop(k) for k in _SWITCHES if k in os.environ}
+    yield
+    for k in _SWITCHES:
+        os.environ.pop(k, None)
+    os.environ.update(saved)
