@@ -26,6 +26,7 @@ _LAZY_COMMANDS = {
     "predict": "metareg.predict_cli:predict_cmd",
     "export": "metareg.predict_cli:export_cmd",
     "check": "metareg.check_cli:check_cmd",
+    "runs": "metareg.runs_cli:runs_cmd", "compare": "metareg.runs_cli:compare_cmd",
 }
 
 
