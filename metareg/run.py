@@ -318,10 +318,25 @@ def _finish(run_dir: Path, config: RunConfig, plugins, extra: dict) -> RunResult
         "transform": config.transform,
         "strategy": config.strategy,
         **extra,
+        **_provenance(run_dir, config),
         "versions": _versions(plugins),
     }
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, report, summary)
+
+
+def _provenance(run_dir: Path, config: RunConfig) -> dict:
+    from metareg import provenance
+    from metareg.rundir import holder
+
+    # From claiming the directory (this invocation; a resumed run counts its last session) to its summary.
+    started = (holder(run_dir) or {}).get("started")
+    return {
+        "wall_seconds": round(time.time() - started, 2) if isinstance(started, (int, float)) else None,
+        "device": provenance.device(config),
+        "options": provenance.component_options(config),
+        "git": provenance.git_commit(),
+    }
 
 
 def _learning_curve(run_dir: Path) -> None:

@@ -243,3 +243,27 @@ def test_compare_writes_the_plot_where_asked_and_nothing_into_the_runs(two_runs,
     assert "third − baseline: +0.00 ± 0.00 points" in result.output
     assert "no significant difference between baseline and third" in result.output
     assert "divide 0.05 by the number of comparisons" in result.output
+
+
+# ---------------------------------------------------------------- one real run
+
+
+def test_a_real_run_records_provenance_and_is_listed(tmp_path):
+    from tests.test_run import TINY
+
+    out = tmp_path / "runs" / "tiny"
+    result = invoke("run", *TINY, "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert isinstance(summary["wall_seconds"], float) and summary["wall_seconds"] >= summary["train_seconds"]
+    assert summary["device"].startswith(("cpu", "cuda", "mps"))
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert set(summary["options"]["dataset"]) == {"image_size", "samples_per_class"}
+    assert summary["options"] == {k: config[f"{k}_options"] for k in ("dataset", "backbone", "transform", "strategy")}
+    commit = summary["git"]["commit"]  # the test suite runs from a checkout
+    known = subprocess.run(["git", "-C", str(Path(compare.__file__).parent), "cat-file", "-t", commit],
+                           capture_output=True, text=True)
+    assert known.stdout.strip() == "commit" and isinstance(summary["git"]["dirty"], bool)
+    row = json.loads(invoke("runs", str(tmp_path / "runs"), "--json").output)["runs"][0]
+    assert (row["run"], row["status"], row["steps"], row["episodes"]) == ("tiny", "finished", 8, 12)
+    assert row["accuracy"] == summary["accuracy"] and row["wall_seconds"] == summary["wall_seconds"]

@@ -1,0 +1,43 @@
+"""Where a result came from, for summary.json: device, component options, code version."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+
+def device(config) -> str:
+    """The device the run computed on, as a person would name it (torch is loaded by then)."""
+    import torch
+
+    accel = config.accelerator
+    if accel in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} (devices={config.devices})"
+    mps = getattr(torch.backends, "mps", None)
+    if accel in ("auto", "mps") and mps is not None and mps.is_available():
+        return "mps"
+    return f"cpu: {platform.processor() or platform.machine()}"
+
+
+def component_options(config) -> dict:
+    return {kind: dict(getattr(config, f"{kind}_options") or {})
+            for kind in ("dataset", "backbone", "transform", "strategy")}
+
+
+def git_commit() -> dict | None:
+    """The commit of the metareg code that ran, when it runs from a git checkout; None otherwise."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    # Uncommitted changes to tracked files mean the commit alone does not reproduce the result.
+    changes = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(changes) if changes is not None else None}
