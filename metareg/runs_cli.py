@@ -94,6 +94,8 @@ def find_runs(root: Path) -> list[Path]:
     """Run directories directly under ``root``: marked ones, and unmarked ones that look like runs (older)."""
     if not root.is_dir():
         raise ConfigError(f"{str(root)!r} is not a directory; name the directory that holds your runs (default runs/)")
+    if read_marker(root) == "run":  # `metareg runs runs/one`: that run's row
+        return [root]
     found = []
     for child in sorted(root.iterdir()):
         if not child.is_dir() or child.is_symlink():
@@ -138,7 +140,7 @@ def runs_cmd(directory: Path, as_json: bool) -> None:
 
 
 @click.command("compare")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("runs", nargs=-1, required=True, metavar="RUN_A RUN_B [RUN]...", type=click.Path(path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None,
               help="Write a PNG of the per-episode differences here (outside any run directory).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -110,6 +110,8 @@ def test_runs_lists_finished_interrupted_failed_and_running(tmp_path):
     finished = next(line for line in lines if line.startswith("a-finished"))
     acc = 100 * done["accuracy"]
     assert f"{acc:.1f} ± {100 * done['ci95']:.1f} %" in finished and "5w1s" in finished and "1h02m" in finished
+    only = json.loads(invoke("runs", str(root / "a-finished"), "--json").output)["runs"]
+    assert [r["run"] for r in only] == ["a-finished"]
     # Once the process holding the lock is gone, the same directory is an interrupted run.
     after = json.loads(invoke("runs", str(root), "--json").output)
     assert {r["run"]: r["status"] for r in after["runs"]}["d-running"] == "interrupted"
