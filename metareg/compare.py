@@ -71,7 +71,8 @@ def load(path: str | Path) -> TestedRun:
 
     settings = {
         "dataset": first(config.get("dataset"), summary.get("dataset")),
-        "dataset_options": config.get("dataset_options") or {},
+        # As text: `--dataset-opt image_size=14` records '14', a config file 14; both draw the same episodes.
+        "dataset_options": {str(k): str(v) for k, v in (config.get("dataset_options") or {}).items()},
         "seed": first(config.get("seed"), summary.get("seed")),
         "ways": first(config.get("test_ways"), summary.get("ways"), config.get("ways")),
         "shots": first(config.get("test_shots"), summary.get("shots"), config.get("shots")),

@@ -23,12 +23,13 @@ def invoke(*args):
 
 
 def make_run(path: Path, accuracies: dict[int, float] | None, *, state: str = "finished", seed: int = 0,
-             ways: int = 5, shots: int = 1, queries: int = 5, steps: int = 8, reverse_rows: bool = False) -> Path:
+             ways: int = 5, shots: int = 1, queries: int = 5, steps: int = 8, reverse_rows: bool = False,
+             dataset_options: dict | None = None) -> Path:
     """A run directory as metareg leaves it, written by hand (no training)."""
     path.mkdir(parents=True)
     (path / ".metareg-run").write_text(json.dumps({"kind": "run", "metareg_version": "0.1.0"}) + "\n")
     (path / ".metareg-lock").write_text("")
-    config = {"dataset": "glyphs", "dataset_options": {"image_size": 14}, "backbone": "conv4",
+    config = {"dataset": "glyphs", "dataset_options": dataset_options or {"image_size": 14}, "backbone": "conv4",
               "strategy": "prototypicalnetworks", "ways": ways, "shots": shots, "queries": queries,
               "test_ways": None, "test_shots": None, "test_queries": None,
               "test_num_tasks": len(accuracies) if accuracies else 600, "seed": seed}
@@ -209,6 +210,7 @@ def test_exact_wilcoxon_for_few_episodes():
     ({"shots": 5}, "shots 1 vs 5"),
     ({"queries": 15}, "queries 5 vs 15"),
     ({"episodes": 19}, "episodes 20 vs 19"),
+    ({"dataset_options": {"image_size": 28}}, "dataset_options {'image_size': '14'} vs {'image_size': '28'}"),
 ])
 def test_compare_refuses_runs_tested_on_other_episodes(tmp_path, change, why):
     a = make_run(tmp_path / "a", BASE)
@@ -235,7 +237,8 @@ def test_compare_refuses_a_run_without_test_episodes_and_a_plot_inside_a_run(two
 
 def test_compare_writes_the_plot_where_asked_and_nothing_into_the_runs(two_runs, tmp_path):
     a, b = two_runs
-    c = make_run(tmp_path / "runs" / "third", {i: BASE[i] for i in range(20)})
+    # dataset options as `--dataset-opt image_size=14` records them (text): the same episodes as the int 14
+    c = make_run(tmp_path / "runs" / "third", {i: BASE[i] for i in range(20)}, dataset_options={"image_size": "14"})
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*")}
     plot = tmp_path / "out" / "diff.png"
     result = invoke("compare", str(a), str(b), str(c), "--plot", str(plot))
