@@ -79,7 +79,21 @@ def load(path: str | Path) -> TestedRun:
         "queries": first(config.get("test_queries"), summary.get("queries"), config.get("queries")),
         "episodes": first(config.get("test_num_tasks"), summary.get("episodes")),
     }
-    return TestedRun(path, settings, accuracies)
+    return TestedRun(path, settings, _snap(accuracies, settings))
+
+
+def _snap(accuracies: dict[int, float], settings: dict) -> dict[int, float]:
+    """Accuracies back onto their grid of k / (ways * queries), undoing the CSV's 6-decimal rounding.
+
+    Otherwise 0.833333 - 0.666667 and 0.166667 - 0 differ in the sixth decimal and the signed-rank
+    test would rank as different what are equal differences (ties)."""
+    try:
+        grid = int(settings["ways"]) * int(settings["queries"])
+    except (TypeError, ValueError):
+        return accuracies
+    if grid <= 0 or any(abs(a * grid - round(a * grid)) > 1e-4 for a in accuracies.values()):
+        return accuracies  # not a fraction of the queries (a strategy that weighs them): keep as written
+    return {i: round(a * grid) / grid for i, a in accuracies.items()}
 
 
 def check_same_episodes(a: TestedRun, b: TestedRun) -> None:
@@ -215,7 +229,15 @@ def plot(path: Path, baseline: str, results: list[tuple[str, Paired]]) -> None:
 
     fig, axes = plt.subplots(len(results), 1, figsize=(7, 2.6 * len(results)), squeeze=False)
     for ax, (name, p) in zip(axes[:, 0], results, strict=True):
-        ax.hist([100 * x for x in p.differences], bins=min(40, max(5, p.n // 5)), color="tab:blue", alpha=0.7)
+        values = [100 * x for x in p.differences]
+        counts = Counter(values)
+        if len(counts) <= 40:  # accuracies are k / queries: a bar per value, not bins that split them unevenly
+            ordered = sorted(counts)
+            steps = [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
+            ax.bar(list(counts), list(counts.values()), width=0.8 * min(steps, default=1.0), color="tab:blue",
+                   alpha=0.7)
+        else:
+            ax.hist(values, bins=40, color="tab:blue", alpha=0.7)
         ax.axvline(0, color="black", linewidth=1)
         ax.axvline(100 * p.mean, color="tab:red", label=f"mean {100 * p.mean:+.2f}")
         ax.axvspan(100 * (p.mean - p.ci95), 100 * (p.mean + p.ci95), color="tab:red", alpha=0.15, label="95% CI")

@@ -41,7 +41,8 @@ def make_run(path: Path, accuracies: dict[int, float] | None, *, state: str = "f
         (path / "checkpoints" / "last.ckpt").write_bytes(b"not read by these commands")
     if accuracies is not None:
         rows = sorted(accuracies.items(), reverse=reverse_rows)
-        (path / "test_episodes.csv").write_text("episode,accuracy\n" + "".join(f"{i},{a:.6f}\n" for i, a in rows))
+        lines = "".join(f"{i},{float(a):.6f}\n" for i, a in rows)  # as metareg writes them
+        (path / "test_episodes.csv").write_text("episode,accuracy\n" + lines)
     if state == "finished":
         report = summarise(accuracies.values(), ways, shots, queries)
         summary = {**report.as_dict(), "line": report.line(), "seed": seed, "dataset": "glyphs",
@@ -272,3 +273,25 @@ def test_a_real_run_records_provenance_and_is_listed(tmp_path):
     row = json.loads(invoke("runs", str(tmp_path / "runs"), "--json").output)["runs"][0]
     assert (row["run"], row["status"], row["steps"], row["episodes"]) == ("tiny", "finished", 8, 12)
     assert row["accuracy"] == summary["accuracy"] and row["wall_seconds"] == summary["wall_seconds"]
+
+
+def _checked_grid_comparison(tmp_path) -> None:
+    import random
+    from fractions import Fraction
+
+    rng = random.Random(3)
+    # 3-way, 2 queries: accuracies are k / 6, written to the CSV with 6 decimals (1/6 -> 0.166667)
+    a = {i: Fraction(rng.randint(0, 6), 6) for i in range(40)}
+    b = {i: Fraction(rng.randint(0, 6), 6) for i in range(40)}
+    ra = make_run(tmp_path / "a", a, ways=3, queries=2)
+    rb = make_run(tmp_path / "b", b, ways=3, queries=2)
+    got = json.loads(invoke("compare", str(ra), str(rb), "--json").output)["comparisons"][0]
+    exact = compare.wilcoxon([b[i] - a[i] for i in range(40)])  # the exact fractions, ties intact
+    assert abs(got["wilcoxon_p"] - exact[0]) < 1e-12
+
+
+def test_accuracies_are_read_back_onto_their_grid_so_ties_stay_ties(tmp_path, monkeypatch):
+    _checked_grid_comparison(tmp_path / "ok")
+    monkeypatch.setattr(compare, "_snap", lambda accuracies, settings: accuracies)
+    with pytest.raises(AssertionError):
+        _checked_grid_comparison(tmp_path / "mutant")
