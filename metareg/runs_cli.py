@@ -96,8 +96,12 @@ def find_runs(root: Path) -> list[Path]:
         raise ConfigError(f"{str(root)!r} is not a directory; name the directory that holds your runs (default runs/)")
     if read_marker(root) == "run":  # `metareg runs runs/one`: that run's row
         return [root]
+    try:
+        children = sorted(root.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {str(root)!r}: {exc.strerror or exc}") from None
     found = []
-    for child in sorted(root.iterdir()):
+    for child in children:
         if not child.is_dir() or child.is_symlink():
             continue
         kind = read_marker(child)
