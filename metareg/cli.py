@@ -65,11 +65,15 @@ class _Group(click.Group):
 @click.option("--load-plugins", metavar="NAMES", help="Load only these plugins, comma-separated (METAREG_PLUGINS).")
 @click.option("--disable-plugins", metavar="NAMES",
               help="Skip these plugins, comma-separated (METAREG_DISABLE_PLUGINS).")
-def cli(strict: bool, load_plugins: str | None, disable_plugins: str | None) -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Show Lightning's banners and every library warning (or set METAREG_VERBOSE=1).")
+def cli(strict: bool, load_plugins: str | None, disable_plugins: str | None, verbose: bool) -> None:
     """metareg: few-shot meta-learning with pluggable backbones, datasets, transforms and strategies."""
     # Environment, not globals: DDP worker processes inherit the same switches.
     if strict:
         os.environ["METAREG_STRICT"] = "1"
+    if verbose:
+        os.environ["METAREG_VERBOSE"] = "1"  # metareg.quiet.VERBOSE_ENV; that module needs Lightning
     if load_plugins is not None:
         os.environ["METAREG_PLUGINS"] = load_plugins
     if disable_plugins is not None:

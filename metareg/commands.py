@@ -134,10 +134,15 @@ def run_cmd(config_file, print_config, resume, **values):
     if print_config:
         click.echo(config.to_yaml(), nl=False)
         return
-    result = train(config, resume=resume)
+    result = train(config, resume=resume, announce=_status)
     if result is not None:
         click.echo(f"run directory: {result.run_dir}")
         click.echo(result.report.line())
+
+
+def _status(line: str) -> None:
+    # On stderr with the progress bar: stdout holds only the results (the directory and the accuracy line).
+    click.echo(line, err=True)
 
 
 # The settings eval may change: one list, shared with the check in metareg.run.evaluate.
@@ -160,7 +165,7 @@ def eval_cmd(checkpoint, **values):
 
     settings = _cli_settings(values)
     output_dir = settings.pop("output_dir", None)
-    result = evaluate(checkpoint, output_dir=output_dir, **settings)
+    result = evaluate(checkpoint, output_dir=output_dir, announce=_status, **settings)
     if result is not None:
         click.echo(f"results: {result.run_dir}")
         click.echo(result.report.line())

@@ -28,7 +28,7 @@ import os
 import platform
 import sys
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -93,6 +93,7 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     from metareg.checkpoint_io import AtomicCheckpointIO
+    from metareg.quiet import QuietWorkers, quiet
     from metareg.run_writers import MetricsLogger, RunCheckpoint
 
     callbacks, logger = [], False
@@ -109,9 +110,9 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
     budget = config.max_steps if config.max_steps > 0 else config.max_epochs * config.epoch_length
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.epoch_length // 20)))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        return pl.Trainer(
+    callbacks.append(QuietWorkers())
+    with quiet():
+        trainer = pl.Trainer(
             accelerator=config.accelerator,
             devices=config.devices_value(),
             num_nodes=config.num_nodes,
@@ -132,6 +133,11 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir) if run_dir else None,
         )
+    # Each process takes its share of an epoch's meta-batches; an interval longer than that share makes
+    # Lightning warn about a setting the user never chose.
+    share = -(-config.epoch_length // trainer.world_size)
+    trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, share))
+    return trainer
 
 
 class _Prepared:
@@ -163,12 +169,15 @@ class _Prepared:
 
 
 def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool = False, registry=None,
-          **settings) -> RunResult:
+          announce: Callable[[str], Any] | None = None, **settings) -> RunResult:
     """Train, pick the best checkpoint on validation accuracy, and test it on fixed episodes.
 
     ``config`` is a :class:`RunConfig` or a dict of settings; keyword ``settings``
     override it. ``dataset`` is a registered name or a :class:`metareg.FewShotDataset`
-    built in Python (e.g. ``FewShotDataset.from_arrays``).
+    built in Python (e.g. ``FewShotDataset.from_arrays``). ``announce`` (e.g. ``print``)
+    receives one line saying what is about to run, once everything is checked.
+    Lightning's banners and library notices are hidden unless ``METAREG_VERBOSE=1``
+    (see metareg.quiet).
     """
     from metareg.learner import MetaLearner
 
@@ -202,6 +211,8 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     # their parent's claim; claiming it themselves would be refused.
     claim = RunDir.joined(run_dir, "run") if launched_worker() else RunDir.claim(run_dir, "run", resume=resume)
     try:
+        if announce is not None and trainer.global_rank == 0:
+            announce(_start_line("resuming" if resume else "training", config, run_dir, trainer))
         return _train_claimed(config, prepared, learner, trainer, claim, resume)
     finally:
         claim.release()
@@ -209,6 +220,8 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
 
 def _train_claimed(config: RunConfig, prepared: _Prepared, learner, trainer, claim: RunDir,
                    resume: bool) -> RunResult:
+    from metareg.quiet import quiet
+
     run_dir = claim.path
     last = run_dir / "checkpoints" / "last.ckpt"
     from_checkpoint = resume and last.is_file()
@@ -220,19 +233,14 @@ def _train_claimed(config: RunConfig, prepared: _Prepared, learner, trainer, cla
         atomic_write(run_dir / "config.yaml", config.to_yaml())
     learner.report_dir = run_dir
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
-        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    with quiet():
         trainer.fit(learner, datamodule=prepared.datamodule, ckpt_path=str(last) if from_checkpoint else None,
                     weights_only=True if from_checkpoint else None)
     train_seconds = time.perf_counter() - start
     best = _best_checkpoint(trainer, run_dir)
     # A separate trainer without a logger: a second logger would rewrite metrics.csv.
     tester = _trainer(config, None, fit=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
-        warnings.filterwarnings("ignore", message=".*DistributedSampler.*")
-        warnings.filterwarnings("ignore", message=".*callbacks used to create the checkpoint.*")
+    with quiet():
         tester.test(learner, datamodule=prepared.datamodule, ckpt_path=str(best), weights_only=True, verbose=False)
     if trainer.global_rank != 0:
         return None  # type: ignore[return-value] - only the first process reports
@@ -244,6 +252,23 @@ def _train_claimed(config: RunConfig, prepared: _Prepared, learner, trainer, cla
     _learning_curve(run_dir)
     result.best_checkpoint = best
     return result
+
+
+def _start_line(doing: str, config: RunConfig, run_dir: Path, trainer, *, training: bool = True) -> str:
+    """One line: what runs, on which episodes and devices, and where its files go."""
+    parts = [f"{doing}: {config.strategy} + {config.backbone} on {config.dataset}"
+             + (f", transform {config.transform}" if training else "")]
+    if training:
+        budget = (f"{config.max_steps} steps" if config.max_steps > 0
+                  else f"{config.max_epochs} epochs of {config.epoch_length} steps")
+        parts.append(f"{config.ways}-way {config.shots}-shot, {config.queries} queries, "
+                     f"{config.meta_batch_size} episodes/step, {budget}")
+    parts.append(f"test: {config.test_num_tasks} episodes, {config.eval_ways}-way {config.eval_shots}-shot, "
+                 f"{config.eval_queries} queries")
+    device = trainer.strategy.root_device.type
+    parts.append(device if trainer.world_size == 1 else f"{trainer.world_size} x {device} ({config.trainer_strategy})")
+    parts.append(str(run_dir))
+    return " | ".join(parts)
 
 
 def _check_resume(run_dir: Path, last: Path, config: RunConfig) -> None:
@@ -373,14 +398,15 @@ def _learning_curve(run_dir: Path) -> None:
 
 
 def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | None = None, registry=None,
-             **overrides) -> RunResult:
+             announce: Callable[[str], Any] | None = None, **overrides) -> RunResult:
     """Re-evaluate a saved model on fixed seeded test episodes (``metareg eval``).
 
     ``overrides`` may change test_ways / test_shots / test_queries / test_num_tasks,
-    seed, dataset / dataset_options and hardware settings.
+    seed, dataset / dataset_options and hardware settings. ``announce`` as for :func:`train`.
     """
     from metareg.checkpoint import load_model, read_checkpoint
     from metareg.learner import MetaLearner
+    from metareg.quiet import quiet
 
     checkpoint = Path(checkpoint)
     if isinstance(dataset, str):  # a registered name, like the other settings
@@ -430,10 +456,13 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     trainer = _trainer(config, None, fit=False)
     claim = RunDir.joined(run_dir, "eval") if worker else RunDir.claim(run_dir, "eval")
     try:
+        if announce is not None and trainer.global_rank == 0:
+            announce(_start_line(f"evaluating {checkpoint}", config, run_dir, trainer, training=False))
         os.environ[RUN_DIR_ENV] = str(run_dir)
         if trainer.global_rank == 0:
             atomic_write(run_dir / "config.yaml", config.to_yaml())
-        trainer.test(learner, datamodule=datamodule, verbose=False)
+        with quiet():
+            trainer.test(learner, datamodule=datamodule, verbose=False)
         if trainer.global_rank != 0:
             return None  # type: ignore[return-value]
         return _finish(run_dir, config, registry.plugins, extra={"checkpoint": str(checkpoint.resolve())})
