@@ -9,7 +9,8 @@ import click
 @click.command("check")
 @click.argument("kind", required=False)
 @click.argument("name", required=False)
-@click.option("-v", "--verbose", is_flag=True, help="Show the components' warnings.")
+@click.option("-v", "--verbose", is_flag=True, envvar="METAREG_VERBOSE",  # as `metareg -v check`
+              help="Show the components' warnings.")
 def check_cmd(kind: str | None, name: str | None, verbose: bool) -> None:
     """Run every installed strategy with every backbone, and every transform, on tiny synthetic images.
 

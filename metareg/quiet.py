@@ -58,7 +58,7 @@ NOISE = (
 
 
 def verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}  # as METAREG_STRICT
 
 
 def _filter_warnings() -> None:

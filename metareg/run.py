@@ -256,15 +256,18 @@ def _train_claimed(config: RunConfig, prepared: _Prepared, learner, trainer, cla
 
 def _start_line(doing: str, config: RunConfig, run_dir: Path, trainer, *, training: bool = True) -> str:
     """One line: what runs, on which episodes and devices, and where its files go."""
+    def n(count: int, noun: str, plural: str | None = None) -> str:
+        return f"{count} {noun if count == 1 else plural or noun + 's'}"
+
     parts = [f"{doing}: {config.strategy} + {config.backbone} on {config.dataset}"
              + (f", transform {config.transform}" if training else "")]
     if training:
-        budget = (f"{config.max_steps} steps" if config.max_steps > 0
-                  else f"{config.max_epochs} epochs of {config.epoch_length} steps")
-        parts.append(f"{config.ways}-way {config.shots}-shot, {config.queries} queries, "
-                     f"{config.meta_batch_size} episodes/step, {budget}")
-    parts.append(f"test: {config.test_num_tasks} episodes, {config.eval_ways}-way {config.eval_shots}-shot, "
-                 f"{config.eval_queries} queries")
+        budget = (n(config.max_steps, "step") if config.max_steps > 0
+                  else f"{n(config.max_epochs, 'epoch')} of {n(config.epoch_length, 'step')}")
+        parts.append(f"{config.ways}-way {config.shots}-shot, {n(config.queries, 'query', 'queries')}, "
+                     f"{n(config.meta_batch_size, 'episode')}/step, {budget}")
+    parts.append(f"test: {n(config.test_num_tasks, 'episode')}, {config.eval_ways}-way {config.eval_shots}-shot, "
+                 f"{n(config.eval_queries, 'query', 'queries')}")
     device = trainer.strategy.root_device.type
     parts.append(device if trainer.world_size == 1 else f"{trainer.world_size} x {device} ({config.trainer_strategy})")
     parts.append(str(run_dir))

@@ -34,7 +34,8 @@ def fresh_plugins():
 
 # Switches the CLI exports for the processes Lightning launches (cli.py, run.py). In-process CliRunner
 # calls would leave them set for every later test; each test starts and ends without them.
-_SWITCHES = ("METAREG_STRICT", "METAREG_PLUGINS", "METAREG_DISABLE_PLUGINS", "METAREG_RUN_DIR")
+_SWITCHES = ("METAREG_STRICT", "METAREG_PLUGINS", "METAREG_DISABLE_PLUGINS", "METAREG_RUN_DIR",
+             "METAREG_VERBOSE")
 
 
 @pytest.fixture(autouse=True)
