@@ -19,7 +19,7 @@ The rule for what is hidden (unless ``metareg -v`` / ``METAREG_VERBOSE=1``):
   listed with the reason it does not apply.
 
 Everything else shows, in particular every warning that concerns the user's settings:
-metareg's own and its plugins' ``UserWarning``\\ s about options, and Lightning's warnings about
+metareg's own and its plugins' ``UserWarning`` messages about options, and Lightning's warnings about
 what the user asked for (a precision the device cannot do, a GPU left unused, a logging
 interval longer than an epoch when the user chose the interval). Where a Lightning warning
 was caused by a default of metareg's, the default is fixed rather than the warning hidden
