@@ -103,6 +103,9 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
         callbacks.append(RunCheckpoint(
             dirpath=run_dir / "checkpoints", filename="best-{epoch}-{val_acc:.4f}", monitor="val_acc", mode="max",
             save_top_k=1, auto_insert_metric_name=False,
+            # A run killed after saving a best checkpoint but before last.ckpt saves that same file again when
+            # resumed (same epoch, same val_acc, bit-for-bit): replace it (atomically) instead of adding a -v1 copy.
+            enable_version_counter=False,
         ))
         callbacks.append(RunCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                                        enable_version_counter=False))

@@ -193,3 +193,18 @@ def test_processes_the_ddp_launcher_starts_work_under_their_parents_claim(traine
     assert "Error" not in done.stderr
     assert json.loads((out / "summary.json").read_text())["resumed"] is True
     assert (out / LOCK).read_text() == ""  # released by the parent when the run ended
+
+
+def test_a_run_killed_between_its_best_and_last_checkpoints_resumes_without_a_second_best(tmp_path):
+    # The state a kill leaves between the two saves of epoch 1: last.ckpt from epoch 0, best-1-* already on disk.
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert run(*TINY, "--max-epochs", "2", "--output-dir", str(whole)).exit_code == 0
+    assert run(*TINY, "--max-epochs", "1", "--output-dir", str(cut)).exit_code == 0
+    best = {p.name for p in (whole / "checkpoints").glob("best-*.ckpt")}
+    if not any(name.startswith("best-1-") for name in best):
+        pytest.skip(f"epoch 1 was not the best in this tiny run ({best}); the case does not arise")
+    for name in best:
+        (cut / "checkpoints" / name).write_bytes((whole / "checkpoints" / name).read_bytes())
+    resumed = run("--resume", "--output-dir", str(cut), *TINY, "--max-epochs", "2")
+    assert resumed.exit_code == 0, resumed.output
+    assert {p.name for p in (cut / "checkpoints").glob("*.ckpt")} == best | {"last.ckpt"}
