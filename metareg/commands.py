@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import click
 
-from metareg.config import OPTION_SECTIONS, RunConfig
+from metareg.config import MAPPING_SECTIONS, RunConfig
 from metareg.errors import ConfigError
 from metareg.options import parse_assignments
 from metareg.run import EVAL_SETTINGS
@@ -48,6 +48,7 @@ HELP = {
     "num_nodes": "Machines for distributed training.",
     "output_dir": "Run directory (default: runs/<time>-<strategy>-<dataset>).",
     "progress": "Show a progress bar.",
+    "logger": "Lightning logger beside metrics.csv: csv (metrics.csv only), tensorboard, mlflow, wandb.",
 }
 
 
@@ -64,7 +65,7 @@ def config_options(func, only: set[str] | None = None):
     """Decorate ``func`` with one ``--option`` per RunConfig field (default None = not given)."""
     hints = typing.get_type_hints(RunConfig)
     for f in reversed(fields(RunConfig)):
-        if f.name in OPTION_SECTIONS or (only is not None and f.name not in only):
+        if f.name in MAPPING_SECTIONS or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
         if hints[f.name] in (bool, bool | None):
@@ -82,7 +83,9 @@ def component_options(func):
     for kind in ("strategy", "transform", "backbone", "dataset"):
         func = click.option(f"--{kind}-opt", f"{kind}_opt", multiple=True, metavar="KEY=VALUE",
                             help=f"An option of the {kind} (see `metareg info {kind} NAME`); repeatable.")(func)
-    return func
+    return click.option("--trainer-opt", "trainer_opt", multiple=True, metavar="KEY=VALUE",
+                        help="A pytorch_lightning.Trainer argument passed through, e.g. accumulate_grad_batches=4, "
+                             "limit_train_batches=0.5, deterministic=true; repeatable.")(func)
 
 
 def _cli_settings(values: dict) -> dict:
@@ -91,6 +94,8 @@ def _cli_settings(values: dict) -> dict:
         given = values.get(f"{kind}_opt") or ()
         if given:
             settings[f"{kind}_options"] = parse_assignments(given, f"--{kind}-opt")
+    if values.get("trainer_opt"):
+        settings["trainer_options"] = parse_assignments(values["trainer_opt"], "--trainer-opt")
     return settings
 
 

@@ -19,6 +19,8 @@ from metareg.errors import ConfigError, OptionError
 from metareg.options import _convert
 
 OPTION_SECTIONS = ("dataset_options", "backbone_options", "transform_options", "strategy_options")
+# Mappings of free-form keys (merged key by key across sources): component options and Lightning Trainer flags.
+MAPPING_SECTIONS = (*OPTION_SECTIONS, "trainer_options")
 INT_MAX = 2**31 - 1  # counts beyond this overflow the int32 index tensors of the sampler and data loaders
 
 
@@ -132,6 +134,9 @@ class RunConfig:
     # output
     output_dir: str | None = None
     progress: bool = True
+    # Lightning: loggers beside metareg's own metrics.csv, and Trainer flags passed through (metareg.trainer_options)
+    logger: Literal["csv", "tensorboard", "mlflow", "wandb"] = "csv"
+    trainer_options: dict = field(default_factory=dict)
 
     @property
     def eval_ways(self) -> int:
@@ -163,7 +168,7 @@ class RunConfig:
                     close = difflib.get_close_matches(key, cls.keys(), n=1, cutoff=0.6)
                     hint = f" Did you mean {close[0]!r}?" if close else ""
                     raise ConfigError(f"unknown setting {key!r}.{hint} See `metareg run --help` for all settings.")
-                if key in OPTION_SECTIONS:
+                if key in MAPPING_SECTIONS:
                     if value is None:
                         value = {}
                     if not isinstance(value, dict):
@@ -195,6 +200,11 @@ class RunConfig:
         for key, value in values.items():
             if key in OPTION_SECTIONS:
                 kwargs[key] = dict(value)
+                continue
+            if key == "trainer_options":
+                from metareg import trainer_options
+
+                kwargs[key] = trainer_options.validate(value)
                 continue
             try:
                 kwargs[key] = _convert(value, hints[key], key)

@@ -88,15 +88,17 @@ def _versions(plugins) -> dict[str, Any]:
     }
 
 
-def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool = False):
+def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool = False,
+             user_callbacks=(), user_loggers=()):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import TQDMProgressBar
 
     from metareg.checkpoint_io import AtomicCheckpointIO
     from metareg.quiet import QuietWorkers, quiet
     from metareg.run_writers import MetricsLogger, RunCheckpoint
+    from metareg.trainer_options import make_logger
 
-    callbacks, logger = [], False
+    callbacks, logger = list(user_callbacks), False
     if fit:
         # Best on validation accuracy, and last.ckpt after every epoch. Lightning's own save_last only
         # writes when the best improved, which would leave --resume an epoch or more behind.
@@ -109,7 +111,9 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
         ))
         callbacks.append(RunCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                                        enable_version_counter=False))
-        logger = MetricsLogger(run_dir, resume=resume)
+        # metrics.csv stays metareg's own (atomic, kept across resumes); other loggers write beside it.
+        extra = make_logger(config.logger, run_dir)
+        logger = [MetricsLogger(run_dir, resume=resume), *([extra] if extra else []), *user_loggers]
     budget = config.max_steps if config.max_steps > 0 else config.max_epochs * config.epoch_length
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.epoch_length // 20)))
@@ -135,6 +139,7 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
             log_every_n_steps=max(1, min(10, config.epoch_length, budget if budget > 0 else 10)),
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir) if run_dir else None,
+            **config.trainer_options,  # checked against Trainer's signature; none of the keys above
         )
     # Each process takes its share of an epoch's meta-batches; an interval longer than that share makes
     # Lightning warn about a setting the user never chose.
@@ -172,7 +177,7 @@ class _Prepared:
 
 
 def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool = False, registry=None,
-          announce: Callable[[str], Any] | None = None, **settings) -> RunResult:
+          announce: Callable[[str], Any] | None = None, callbacks=(), logger=None, **settings) -> RunResult:
     """Train, pick the best checkpoint on validation accuracy, and test it on fixed episodes.
 
     ``config`` is a :class:`RunConfig` or a dict of settings; keyword ``settings``
@@ -180,9 +185,19 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     built in Python (e.g. ``FewShotDataset.from_arrays``). ``announce`` (e.g. ``print``)
     receives one line saying what is about to run, once everything is checked.
     Lightning's banners and library notices are hidden unless ``METAREG_VERBOSE=1``
-    (see metareg.quiet).
+    (see metareg.quiet). ``callbacks`` (Lightning callbacks) and ``logger`` (a Lightning logger or a
+    list of them) join metareg's own in the training Trainer; ``trainer_options`` (a dict of
+    ``Trainer`` arguments) and ``logger`` as a setting (``"tensorboard"``...) work as on the command line.
     """
     from metareg.learner import MetaLearner
+    from metareg.trainer_options import check_logger
+
+    if logger is not None and not isinstance(logger, str):
+        user_loggers = list(logger) if isinstance(logger, (list, tuple)) else [logger]
+    else:
+        user_loggers = []
+        if logger is not None:
+            settings["logger"] = logger
 
     if isinstance(dataset, str):  # a registered name, like the other settings
         settings["dataset"], dataset = dataset, None
@@ -193,6 +208,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     if dataset is not None:
         config = config.replace(dataset=dataset.name)
     check_hardware(config)  # before any work: a missing GPU or cluster fails late, or hangs, in Lightning
+    check_logger(config.logger)  # here, not in RunConfig: `metareg eval` of a tensorboard run needs no tensorboard
     run_dir = _run_dir(config, resume)
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume and last.is_file():
@@ -200,7 +216,7 @@ def train(config: RunConfig | dict | None = None, *, dataset=None, resume: bool 
     prepared = _Prepared(config, dataset, registry)
     learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, config.dataset,
                           getattr(prepared.dataset, "info", {}))
-    trainer = _trainer(config, run_dir, fit=True, resume=resume)
+    trainer = _trainer(config, run_dir, fit=True, resume=resume, user_callbacks=callbacks, user_loggers=user_loggers)
     prepared.datamodule.check_world_size(trainer.world_size)
     if trainer.world_size > 1 and not any(p.requires_grad for p in learner.parameters()):
         raise ConfigError(
@@ -241,15 +257,18 @@ def _train_claimed(config: RunConfig, prepared: _Prepared, learner, trainer, cla
                     weights_only=True if from_checkpoint else None)
     train_seconds = time.perf_counter() - start
     best = _best_checkpoint(trainer, run_dir)
+    if trainer.fast_dev_run and not best.is_file():
+        best = None  # --trainer-opt fast_dev_run saves no checkpoint: test the weights in memory
     # A separate trainer without a logger: a second logger would rewrite metrics.csv.
     tester = _trainer(config, None, fit=False)
     with quiet():
-        tester.test(learner, datamodule=prepared.datamodule, ckpt_path=str(best), weights_only=True, verbose=False)
+        tester.test(learner, datamodule=prepared.datamodule, ckpt_path=str(best) if best else None,
+                    weights_only=True if best else None, verbose=False)
     if trainer.global_rank != 0:
         return None  # type: ignore[return-value] - only the first process reports
     result = _finish(run_dir, config, prepared.registry.plugins, extra={
         "train_seconds": round(train_seconds, 2),
-        "best_checkpoint": best.relative_to(run_dir).as_posix(),  # relative: the run stays valid when moved
+        "best_checkpoint": best.relative_to(run_dir).as_posix() if best else None,  # relative: valid when moved
         "resumed": resume,
     })
     _learning_curve(run_dir)
@@ -283,6 +302,8 @@ def _check_resume(run_dir: Path, last: Path, config: RunConfig) -> None:
 
     saved = read_checkpoint(last)["metareg"]["config"]
     now = config.to_dict()
+    # A setting added after the run was saved has its default there.
+    saved = {**RunConfig().to_dict(), **saved}
     changed = {k for k in RunConfig.keys() if k not in RESUMABLE and saved.get(k) != now[k]}
     if changed:
         raise ConfigError(
@@ -316,7 +337,7 @@ def _forget_outputs(run_dir: Path) -> None:
 # Settings that may differ when a run is resumed (they do not change what was computed so far).
 RESUMABLE = frozenset({"max_epochs", "max_steps", "progress", "devices", "accelerator", "num_nodes",
                        "trainer_strategy", "output_dir", "test_num_tasks", "test_ways", "test_shots", "test_queries",
-                       "eval_meta_batch_size"})
+                       "eval_meta_batch_size", "logger"})
 # What a finished run was tested with; changing them is a new evaluation (`metareg eval`), not a resume.
 TEST_SETTINGS = ("test_ways", "test_shots", "test_queries", "test_num_tasks")
 # The one list of settings `metareg eval` may change: its command-line options and its check both come from it.
