@@ -11,7 +11,7 @@ from typing import Any
 
 from metareg.config import RunConfig
 from metareg.errors import ConfigError, MetaregError
-from metareg.options import bind
+from metareg.options import bind, describe
 from metareg.records import SINGULAR, refusal
 from metareg.registry import Registry
 
@@ -125,3 +125,14 @@ def build_model(components: Components, config: RunConfig, channels: int, image_
         raise MetaregError(f"transform {components.transform.name!r} returned {type(transform).__name__}, "
                            "not a metareg.Transform")
     return strategy, transform, task
+
+
+def with_component_defaults(config: RunConfig, registry: Registry | None = None) -> RunConfig:
+    """``config`` with each component's options checked, old names renamed and defaults shown (--print-config)."""
+    components = resolve_all(config, registry)
+    changes = {}
+    for kind, resolved in vars(components).items():
+        given = bind(resolved.factory, resolved.options, component=f"{kind} {resolved.name!r}")
+        shown = {o.name: o.default for o in describe(resolved.factory) if not o.required} | given
+        changes[f"{kind}_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
+    return config.replace(**changes)

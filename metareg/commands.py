@@ -137,6 +137,9 @@ def run_cmd(config_file, print_config, resume, **values):
         RunConfig.from_saved(file_settings, str(saved))  # an error in the stored settings names the file
     config = RunConfig.from_sources(file_settings, cli_settings)
     if print_config:
+        from metareg.build import with_component_defaults
+
+        config = with_component_defaults(config)  # component names and options are checked too
         click.echo(config.to_yaml(), nl=False)
         return
     result = train(config, resume=resume, announce=_status)

@@ -15,6 +15,7 @@ from typing import Any, Literal, get_type_hints
 
 import yaml
 
+from metareg import legacy_names
 from metareg.errors import ConfigError, OptionError
 from metareg.options import _convert
 
@@ -160,10 +161,18 @@ class RunConfig:
         """Merge dicts (later wins; component option sections merge key by key) and validate."""
         merged: dict[str, Any] = {}
         for src in sources:
+            src = legacy_names.flatten_flash_section(src, set(cls.keys()), ConfigError)
             for key, value in src.items():
                 if not isinstance(key, str):
                     raise ConfigError(f"setting names must be text, got {key!r}; see `metareg run --help`")
                 key = key.replace("-", "_")
+                if key not in cls.keys() and key in legacy_names.SETTINGS:
+                    legacy = legacy_names.SETTINGS[key]
+                    if legacy.new in src:
+                        raise ConfigError(f"both {key!r} ({legacy.source}'s name) and {legacy.new!r} are given; "
+                                          f"keep only {legacy.new!r}")
+                    legacy_names.note(key, legacy.new, legacy.source)
+                    key = legacy.new
                 if key not in cls.keys():
                     close = difflib.get_close_matches(key, cls.keys(), n=1, cutoff=0.6)
                     hint = f" Did you mean {close[0]!r}?" if close else ""

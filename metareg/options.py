@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
+from metareg import legacy_names
 from metareg.errors import OptionError
 
 # Keyword arguments the core fills in from the dataset; users never set them.
@@ -201,6 +202,7 @@ def bind(factory: Callable, given: dict[str, Any], *, component: str, injected: 
     ``injected`` values added where the factory accepts them).
     """
     options = {o.name: o for o in describe(factory)}
+    given = legacy_names.rename(given, set(options), legacy_names.OPTIONS, component, OptionError)
     unknown = [k for k in given if k not in options]
     if unknown:
         k = unknown[0]
