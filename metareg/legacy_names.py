@@ -17,7 +17,7 @@ class Legacy:
     old: str
     new: str
     source: str  # "Flash" or "learn2learn"
-    where: str  # "setting" (a RunConfig field) or "option" (a component option)
+    where: str  # "setting" (a RunConfig field), "option" (a component option) or "flash section" (see below)
 
 
 NAMES: tuple[Legacy, ...] = (
@@ -26,9 +26,13 @@ NAMES: tuple[Legacy, ...] = (
     Legacy("svm_max_iters", "svm_iterations", "learn2learn", "option"),
     Legacy("scheduler_step", "step_size", "learn2learn", "setting"),
     Legacy("scheduler_decay", "gamma", "learn2learn", "setting"),
+    # Flash's Learn2LearnAdapter spelt these in the singular; only inside its training_strategy_kwargs.
+    Legacy("num_task", "num_tasks", "Flash", "flash section"),
+    Legacy("test_num_task", "test_num_tasks", "Flash", "flash section"),
 )
 OPTIONS = {n.old: n for n in NAMES if n.where == "option"}
 SETTINGS = {n.old: n for n in NAMES if n.where == "setting"}
+SECTION_SETTINGS = {n.old: n for n in NAMES if n.where == "flash section"}
 # Flash's `training_strategy_kwargs` mapping holds the episode settings, which metareg keeps at the top level.
 FLASH_EPISODE_SECTION = "training_strategy_kwargs"
 
@@ -73,6 +77,9 @@ def flatten_flash_section(source: dict, settings: set[str], error: type[Exceptio
     strategy_options = dict(out.get("strategy_options") or {})
     for key, value in section.items():
         key = key.replace("-", "_")
+        if key in SECTION_SETTINGS:
+            note(key, SECTION_SETTINGS[key].new, "Flash")
+            key = SECTION_SETTINGS[key].new
         target = key if key in settings or key in SETTINGS else None
         holder, name = (out, target) if target else (strategy_options, key)
         if name in holder:

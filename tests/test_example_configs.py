@@ -35,12 +35,16 @@ def test_config_validates(path):
         assert printed["strategy_options"][key] == value
 
 
-def test_a_broken_config_is_refused(tmp_path):
+@pytest.mark.parametrize("extra, message", [
+    ("num_task: 10\n", "unknown setting 'num_task'"),  # the typo Flash dropped silently
+    ("backbone_options:\n  hiden: 8\n", "unknown option 'hiden'"),  # component options are checked too
+])
+def test_a_broken_config_is_refused(tmp_path, extra, message):
     broken = tmp_path / "broken.yaml"
-    broken.write_text(CONFIGS[0].read_text() + "num_task: 10\n")  # Flash's silently dropped typo
+    broken.write_text(CONFIGS[0].read_text() + extra)
     result = CliRunner().invoke(cli, ["run", "--config", str(broken), "--print-config"])
     assert result.exit_code == 2
-    assert "unknown setting 'num_task'" in result.output
+    assert message in result.output
 
 
 def test_the_cheapest_config_trains(tmp_path):

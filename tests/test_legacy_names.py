@@ -16,6 +16,8 @@ CASES = {
     "svm_max_iters": ("metaoptnet", 7),
     "scheduler_step": (None, 3),
     "scheduler_decay": (None, 0.25),
+    "num_task": (None, 50),
+    "test_num_task": (None, 30),
 }
 
 
@@ -42,6 +44,8 @@ def test_old_name_maps_with_one_note(tmp_path, legacy):
     strategy, value = CASES[legacy.old]
     if legacy.where == "option":
         settings = {"strategy": strategy, "strategy_options": {legacy.old: value}}
+    elif legacy.where == "flash section":
+        settings = {"training_strategy_kwargs": {legacy.old: value}}
     else:
         settings = {"scheduler": "step", legacy.old: value}
     result = print_config(tmp_path, settings)
@@ -63,7 +67,7 @@ def test_option_alias_on_the_command_line(tmp_path):
 def test_flash_training_strategy_kwargs(tmp_path):
     flash = {"strategy": "metaoptnet", "training_strategy_kwargs": {
         "ways": 3, "shots": 2, "queries": 1, "meta_batch_size": 4, "num_tasks": 50, "epoch_length": 9,
-        "test_ways": 4, "test_shots": 3, "test_queries": 2, "test_num_tasks": 30, "svm_C_reg": 0.5}}
+        "test_ways": 4, "test_shots": 3, "test_queries": 2, "test_num_tasks": 30, "seed": 42, "svm_C_reg": 0.5}}
     result = print_config(tmp_path, flash)
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
@@ -90,6 +94,8 @@ def test_flash_section_and_top_level_both_setting_a_key_is_refused(tmp_path):
 @pytest.mark.parametrize("settings, message", [
     ({"strategy_options": {"distance_metrc": "cosine"}}, "unknown option 'distance_metrc'"),
     ({"scheduler_stepp": 3}, "unknown setting 'scheduler_stepp'"),
+    # Flash's singular spelling is taken only inside its own section
+    ({"num_task": 3}, "unknown setting 'num_task'"),
     # an old name for an option the strategy does not have is not silently taken
     ({"strategy": "maml", "strategy_options": {"distance_metric": "cosine"}}, "unknown option 'distance_metric'"),
     ({"strategy_options": {"distance_metric": "cosine", "distance": "euclidean"}}, "keep only 'distance'"),
