@@ -26,6 +26,9 @@ NAMES: tuple[Legacy, ...] = (
     Legacy("svm_max_iters", "svm_iterations", "learn2learn", "option"),
     Legacy("scheduler_step", "step_size", "learn2learn", "setting"),
     Legacy("scheduler_decay", "gamma", "learn2learn", "setting"),
+    Legacy("train_ways", "ways", "learn2learn", "setting"),
+    Legacy("train_shots", "shots", "learn2learn", "setting"),
+    Legacy("train_queries", "queries", "learn2learn", "setting"),
     # Flash's Learn2LearnAdapter spelt these in the singular; only inside its training_strategy_kwargs.
     Legacy("num_task", "num_tasks", "Flash", "flash section"),
     Legacy("test_num_task", "test_num_tasks", "Flash", "flash section"),

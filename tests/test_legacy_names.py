@@ -1,6 +1,9 @@
 """Flash / learn2learn names through `metareg run --print-config`: mapped, noted once, misspellings still refused."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -16,6 +19,9 @@ CASES = {
     "svm_max_iters": ("metaoptnet", 7),
     "scheduler_step": (None, 3),
     "scheduler_decay": (None, 0.25),
+    "train_ways": (None, 3),
+    "train_shots": (None, 2),
+    "train_queries": (None, 4),
     "num_task": (None, 50),
     "test_num_task": (None, 30),
 }
@@ -120,3 +126,19 @@ def test_note_is_printed_once(capsys):
     for _ in range(3):
         legacy_names.rename({"svm_max_iters": 3}, {"svm_iterations"}, legacy_names.OPTIONS, "t", ValueError)
     assert capsys.readouterr().err.count("'svm_max_iters'") == 1
+
+
+DOC = Path(__file__).parent.parent / "docs" / "migrating.md"
+
+
+def test_every_legacy_name_is_in_the_migration_guide():
+    rows = set(re.findall(r"^\| `(\w+)` \| `(\w+)` \| (\S+) \|", DOC.read_text(), re.M))
+    assert {(n.old, n.new, n.source) for n in NAMES} <= rows
+
+
+def test_the_guides_flash_config_runs_as_it_is(tmp_path):
+    block = re.search(r"```yaml\n# a Flash-style config[^\n]*\n(.*?)```", DOC.read_text(), re.S).group(1)
+    result = print_config(tmp_path, yaml.safe_load(block))
+    assert result.returncode == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    assert (printed["queries"], printed["num_tasks"], printed["strategy_options"]["adaptation_lr"]) == (1, 200, 0.1)
