@@ -53,3 +53,13 @@ def test_the_cheapest_config_trains(tmp_path):
     assert result.exit_code == 0, result.output
     assert "3-way 1-shot:" in result.stdout
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_configuration_reference_is_current():
+    from metareg.config import RunConfig
+    from metareg.config_reference import render
+
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    regenerate = "python -m metareg.config_reference docs/configuration.md"
+    assert doc == render(), f"docs/configuration.md is out of date: {regenerate}"
+    assert all(f"| `{key}` |" in doc for key in RunConfig.keys())
