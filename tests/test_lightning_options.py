@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from click.testing import CliRunner
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.loggers import CSVLogger
 
 import metareg
 from metareg import trainer_options
@@ -36,20 +38,28 @@ class CountSteps(Callback):
 
 @pytest.fixture(scope="module")
 def python_run(tmp_path_factory):
-    """A tiny run through metareg.train with a user callback: the baseline step count."""
+    """A tiny run through metareg.train with a user callback and logger: the baseline step count."""
     out = tmp_path_factory.mktemp("py") / "run"
+    mine = CSVLogger(tmp_path_factory.mktemp("mine"), name="", version="")
     counter = CountSteps()
     settings = dict(dataset_options={"image_size": 14, "samples_per_class": 6}, backbone_options={"hidden": 8},
                     ways=3, shots=1, queries=2, meta_batch_size=2, epoch_length=4, max_epochs=2, test_num_tasks=12,
                     val_num_tasks=6, eval_meta_batch_size=6, progress=False, output_dir=str(out))
-    result = metareg.train(settings, callbacks=[counter])
-    return out, result, counter
+    result = metareg.train(settings, callbacks=[counter], logger=mine)
+    return out, result, counter, mine
 
 
 def test_a_user_callback_passed_to_train_is_called(python_run):
-    out, result, counter = python_run
+    out, result, counter, _ = python_run
     assert counter.batches == TINY_STEPS
     assert global_step(out) == TINY_STEPS and result.report.episodes == 12
+
+
+def test_a_user_logger_passed_to_train_logs_beside_metrics_csv(python_run):
+    out, _, _, mine = python_run
+    logged = (Path(mine.log_dir) / "metrics.csv").read_text()
+    assert "train_loss" in logged and "val_acc" in logged
+    assert "train_loss" in (out / "metrics.csv").read_text()  # metareg's own log is still written
 
 
 def test_accumulate_grad_batches_halves_the_optimizer_steps(tmp_path, python_run):
