@@ -29,6 +29,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -96,7 +97,7 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
     from metareg.checkpoint_io import AtomicCheckpointIO
     from metareg.quiet import QuietWorkers, quiet
     from metareg.run_writers import MetricsLogger, RunCheckpoint
-    from metareg.trainer_options import make_logger
+    from metareg.trainer_options import for_trainer, make_logger
 
     callbacks, logger = list(user_callbacks), False
     if fit:
@@ -118,7 +119,7 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
     if config.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, config.epoch_length // 20)))
     callbacks.append(QuietWorkers())
-    with quiet():
+    with quiet(), _trainer_options_blamed(config):
         trainer = pl.Trainer(
             accelerator=config.accelerator,
             devices=config.devices_value(),
@@ -139,13 +140,27 @@ def _trainer(config: RunConfig, run_dir: Path | None, *, fit: bool, resume: bool
             log_every_n_steps=max(1, min(10, config.epoch_length, budget if budget > 0 else 10)),
             plugins=[AtomicCheckpointIO()],
             default_root_dir=str(run_dir) if run_dir else None,
-            **config.trainer_options,  # checked against Trainer's signature; none of the keys above
+            **for_trainer(config.trainer_options, run_dir),  # checked against Trainer's signature; none above
         )
     # Each process takes its share of an epoch's meta-batches; an interval longer than that share makes
     # Lightning warn about a setting the user never chose.
     share = -(-config.epoch_length // trainer.world_size)
     trainer.log_every_n_steps = max(1, min(trainer.log_every_n_steps, share))
     return trainer
+
+
+@contextmanager
+def _trainer_options_blamed(config: RunConfig):
+    """A value Lightning rejects among --trainer-opt's (e.g. limit_train_batches=2.5): one line, not a traceback."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        yield
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        if not config.trainer_options:
+            raise
+        given = ", ".join(f"{k}={v!r}" for k, v in config.trainer_options.items())
+        raise ConfigError(f"Lightning refused the trainer options ({given}): {' '.join(str(exc).split())}") from None
 
 
 class _Prepared:

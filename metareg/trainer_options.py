@@ -82,7 +82,29 @@ def validate(options: dict[str, Any]) -> dict[str, Any]:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown trainer option {key!r}: pytorch_lightning.Trainer has no such argument.{hint}")
         out[key] = scalar(value)
+        if key == "profiler" and not (out[key] is None or str(out[key]).lower() in PROFILERS):
+            raise ConfigError(f"trainer option profiler={value!r} is not one of {', '.join(PROFILERS)}")
     return out
+
+
+PROFILERS = ("simple", "advanced", "pytorch")
+
+
+def for_trainer(options: dict[str, Any], run_dir) -> dict[str, Any]:
+    """``options`` as Trainer arguments: a profiler named by text reports into the run directory.
+
+    Lightning's own profiler prints its report through the logging that metareg quiets, so
+    ``profiler=simple`` would show nothing; in the run directory it is ``fit-profile.txt``.
+    """
+    options = dict(options)
+    name = options.get("profiler")
+    if isinstance(name, str) and run_dir is not None:
+        from pytorch_lightning import profilers
+
+        kind = {"simple": profilers.SimpleProfiler, "advanced": profilers.AdvancedProfiler,
+                "pytorch": profilers.PyTorchProfiler}[name.lower()]
+        options["profiler"] = kind(dirpath=str(run_dir), filename="profile")
+    return options
 
 
 def check_logger(name: str) -> None:

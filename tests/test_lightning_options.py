@@ -142,3 +142,23 @@ def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
     result = run(*TINY, "--trainer-opt", "fast_dev_run=true", "--output-dir", str(out))
     assert result.exit_code == 0, result.output
     assert "6 test episodes" in result.output  # one test batch of --eval-meta-batch-size 6
+
+
+def test_a_profiler_named_by_text_reports_into_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    result = run(*TINY, "--trainer-opt", "profiler=simple", "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert "FIT Profiler Report" in (out / "fit-profile.txt").read_text()
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("profiler=fancy", "trainer option profiler='fancy' is not one of simple, advanced, pytorch"),
+    ("limit_train_batches=2.5", "Lightning refused the trainer options (limit_train_batches=2.5): You have passed "
+                                "invalid value 2.5 for limit_train_batches"),
+])
+def test_a_value_lightning_would_reject_is_one_line_and_writes_nothing(tmp_path, option, message):
+    out = tmp_path / "run"
+    result = run(*TINY, "--trainer-opt", option, "--output-dir", str(out))
+    assert result.exit_code == 2, result.output
+    assert f"Error: {message}" in result.output and "Traceback" not in result.output
+    assert not out.exists()
