@@ -82,9 +82,10 @@ class Registry:
             p.name == plugin_name or p.distribution == plugin_name for p in self.plugins.plugins
         ):
             msg += f" No plugin is named {plugin_name!r}."
-        msg += f"\nAvailable {kind}: {', '.join(available) if available else '(none installed)'}."
+        # One line, like every other refusal: the name, the closest match, and what there is to choose from.
+        msg += f" Available {kind}: {', '.join(available) if available else '(none installed)'}."
         broken = [p for p in self.plugins.broken]
         if broken:
-            msg += "\nBroken plugins (see `metareg list`): " + ", ".join(p.label for p in broken)
+            msg += " Broken plugins (see `metareg list`): " + ", ".join(p.label for p in broken) + "."
         return msg
 

@@ -548,3 +548,15 @@ def test_eval_on_a_missing_gpu_is_refused_before_any_work(finished_run, tmp_path
     refused(metareg("eval", str(finished_run / "checkpoints" / "last.ckpt"), "--accelerator", "gpu",
                     "--output-dir", str(out)), "accelerator 'gpu' needs a GPU", "use --accelerator cpu")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flag, name", [("--backbone", "resnet19"), ("--strategy", "protonett"),
+                                        ("--dataset", "nosuch")])
+def test_an_unknown_component_is_one_line_naming_the_closest_and_the_choices(flag, name, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", flag, name, "--output-dir", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: unknown {flag[2:]} {name!r}."), result.output
+    assert "Available " in lines[0]
+    assert not out.exists()
