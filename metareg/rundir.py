@@ -149,17 +149,24 @@ def _busy(path: Path) -> RunDirBusy:
     )
 
 
-def _refuse_if_held(path: Path) -> None:
+def is_held(path: Path) -> bool:
+    """True while a live process holds ``path``'s lock (the kernel's flock, tried without blocking)."""
     try:
         fd = os.open(path / LOCK, os.O_RDONLY)
     except OSError:
-        return
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _busy(path) from None
+        return True
     finally:
         os.close(fd)
+    return False
+
+
+def _refuse_if_held(path: Path) -> None:
+    if is_held(path):
+        raise _busy(path)
 
 
 def _remove_stale_temporaries(path: Path) -> None:

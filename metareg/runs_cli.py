@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from metareg.errors import ConfigError
-from metareg.rundir import MARKER, RunDirBusy, _refuse_if_held, holder, read_marker
+from metareg.rundir import MARKER, holder, is_held, read_marker
 
 STATUSES = ("running", "finished", "interrupted", "failed")
 
@@ -36,14 +36,6 @@ def _read_config(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _held(path: Path) -> bool:
-    try:
-        _refuse_if_held(path)  # the kernel's flock, tried without blocking: held only by a live run
-    except RunDirBusy:
-        return True
-    return False
-
-
 def _steps(path: Path) -> int | None:
     # Lightning logs `step` as the optimizer steps taken before the logged one, so the last step + 1 is the count.
     try:
@@ -56,7 +48,7 @@ def _steps(path: Path) -> int | None:
 
 def status(path: Path) -> str:
     """running (its lock is held), finished (summary.json), interrupted (checkpoints but no summary), failed."""
-    if _held(path):
+    if is_held(path):
         return "running"
     if (path / "summary.json").is_file():
         return "finished"
