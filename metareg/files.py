@@ -155,12 +155,8 @@ def atomic_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike
         raise _failure(path, exc) from None
     tmp = Path(name)
     try:
-        try:
+        with _reported_as_write_errors(path):
             yield tmp
-        except OSError as exc:
-            if exc.errno in WRITE_ERRNOS:
-                raise _failure(path, exc) from None
-            raise
         try:
             os.chmod(tmp, _new_mode(path))
             _sync(name)
@@ -172,6 +168,17 @@ def atomic_output(path: str | os.PathLike, *, inputs: Iterable[str | os.PathLike
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _sync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _reported_as_write_errors(path: Path) -> Iterator[None]:
+    """A full disk, a permission or a read-only error inside the caller's block becomes one WriteError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in WRITE_ERRNOS:
+            raise _failure(path, exc) from None
+        raise
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -214,12 +221,8 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except OSError as exc:
         raise _failure(path, exc) from None
     try:
-        try:
+        with _reported_as_write_errors(path):
             yield staging
-        except OSError as exc:
-            if exc.errno in WRITE_ERRNOS:
-                raise _failure(path, exc) from None
-            raise
         if os.path.lexists(path):  # renaming onto an empty directory would silently replace it
             raise WriteError(f"refusing to write {str(path)!r}: it appeared while it was being written")
         try:
