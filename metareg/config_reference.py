@@ -33,7 +33,7 @@ def _cell(text: str) -> str:
 
 
 def render() -> str:
-    from metareg.commands import HELP  # the flags' help text is the one description of each setting
+    from metareg.cli.train import HELP  # the flags' help text is the one description of each setting
 
     hints = typing.get_type_hints(RunConfig)
     rows = []

@@ -278,7 +278,7 @@ def test_strategy_refuses_more_ways_than_its_head():
 
 
 def _run_available() -> bool:
-    return importlib.util.find_spec("metareg.commands") is not None
+    return importlib.util.find_spec("metareg.cli.train") is not None
 
 
 @needs_l2l

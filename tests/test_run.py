@@ -300,7 +300,7 @@ def test_a_budget_shorter_than_the_logging_interval_ends_with_the_full_run_direc
 
 
 def test_eval_accepts_every_setting_it_offers(trained, tmp_path):
-    from metareg.commands import eval_cmd
+    from metareg.cli.train import eval_cmd
     from metareg.config import OPTION_SECTIONS
     from metareg.run import EVAL_SETTINGS
 

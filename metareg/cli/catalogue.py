@@ -1,94 +1,15 @@
-"""The ``metareg`` command line.
-
-Every command is re-entrant: Lightning's ``ddp`` launcher re-executes the same
-command line in each process, so nothing here may depend on running only once
-(the run directory, for one, is agreed through the environment; see run.py).
-"""
+"""`metareg list` and `metareg info`: what is installed, without importing torch."""
 from __future__ import annotations
 
 import fnmatch
 import json
-import os
-import sys
 
 import click
 
 import metareg
+from metareg.cli.app import cli
 from metareg.errors import MetaregError
 from metareg.records import KINDS, SINGULAR
-
-# Subcommands that live in their own modules, imported only when invoked (or for
-# `--help`), so that `metareg list` never pays for torch or Lightning.
-_LAZY_COMMANDS = {
-    "run": "metareg.commands:run_cmd",
-    "eval": "metareg.commands:eval_cmd",
-    "new-plugin": "metareg.scaffold:new_plugin_cmd",
-    "predict": "metareg.predict_cli:predict_cmd",
-    "export": "metareg.predict_cli:export_cmd",
-    "check": "metareg.check_cli:check_cmd",
-    "runs": "metareg.runs_cli:runs_cmd", "compare": "metareg.runs_cli:compare_cmd",
-}
-
-
-class _Group(click.Group):
-    """Loads lazy subcommands; turns :class:`MetaregError` into a message and exit code 2."""
-
-    def list_commands(self, ctx):
-        return sorted({*super().list_commands(ctx), *self._available()})
-
-    @staticmethod
-    def _available():
-        import importlib.util
-
-        return [n for n, ref in _LAZY_COMMANDS.items() if importlib.util.find_spec(ref.split(":")[0]) is not None]
-
-    def get_command(self, ctx, name):
-        cmd = super().get_command(ctx, name)
-        if cmd is None and name in self._available():
-            import importlib
-
-            module, attr = _LAZY_COMMANDS[name].split(":")
-            cmd = getattr(importlib.import_module(module), attr)
-        return cmd
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except MetaregError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            ctx.exit(2)
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(metareg.__version__, "--version", prog_name="metareg")
-@click.option("--strict", is_flag=True, help="Fail on any plugin error (or set METAREG_STRICT=1).")
-@click.option("--load-plugins", metavar="NAMES", help="Load only these plugins, comma-separated (METAREG_PLUGINS).")
-@click.option("--disable-plugins", metavar="NAMES",
-              help="Skip these plugins, comma-separated (METAREG_DISABLE_PLUGINS).")
-@click.option("-v", "--verbose", is_flag=True,
-              help="Show Lightning's banners and every library warning (or set METAREG_VERBOSE=1).")
-def cli(strict: bool, load_plugins: str | None, disable_plugins: str | None, verbose: bool) -> None:
-    """metareg: few-shot meta-learning with pluggable backbones, datasets, transforms and strategies."""
-    # Environment, not globals: DDP worker processes inherit the same switches.
-    if strict:
-        os.environ["METAREG_STRICT"] = "1"
-    if verbose:
-        os.environ["METAREG_VERBOSE"] = "1"  # metareg.quiet.VERBOSE_ENV; that module needs Lightning
-    if load_plugins is not None:
-        os.environ["METAREG_PLUGINS"] = load_plugins
-    if disable_plugins is not None:
-        os.environ["METAREG_DISABLE_PLUGINS"] = disable_plugins
-    if os.environ.get("METAREG_PLUGINS", "").strip() or os.environ.get("METAREG_DISABLE_PLUGINS", "").strip():
-        # Load now, so that a selection naming no plugin is refused before any command starts work.
-        from metareg.plugins import get_plugins
-
-        unknown = get_plugins().unknown_disabled
-        if unknown:
-            click.echo(
-                f"Warning: --disable-plugins / METAREG_DISABLE_PLUGINS names {', '.join(map(repr, unknown))}, "
-                f"which matches no installed plugin (see `metareg list --plugins`)",
-                err=True,
-            )
 
 
 def _registry():
@@ -144,7 +65,7 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
                 hooks = ",".join(h.removeprefix("metareg_") for h in p.hooks) or "-"
                 status = p.status if p.status != "broken" else f"broken ({p.stage}: {p.error})"
                 table.append((p.name, p.distribution or "-", p.version or "-", p.entry_point, status, hooks))
-        _print_table(table)
+        print_table(table)
         return
 
     components = {k: [c for c in reg.components(k) if keep(c.record.name)] for k in kinds}
@@ -173,7 +94,7 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
                 name = f"{c.qualified_name} ({', '.join(c.record.aliases)})  [alias conflict: {', '.join(clashing)}]"
             provider = f"{c.plugin.distribution or c.plugin.name} {c.plugin.version or ''}".strip()
             rows.append(("  " + name, provider, c.record.summary))
-        _print_table(rows)
+        print_table(rows)
     if broken:
         click.secho("broken plugins", bold=True, fg="red")
         for p in broken:
@@ -184,7 +105,7 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
         click.echo("   --disable-plugins DISTRIBUTION to skip one)")
 
 
-def _print_table(rows) -> None:
+def print_table(rows) -> None:
     if not rows:
         return
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]) - 1)]
@@ -236,12 +157,4 @@ def info_cmd(kind: str, name: str, as_json: bool) -> None:
     rows = [("  NAME", "TYPE", "DEFAULT", "HELP")]
     for o in options:
         rows.append(("  " + o.name, o.type_name, "(required)" if o.required else repr(o.default), o.help))
-    _print_table(rows)
-
-
-def main(argv=None) -> None:
-    cli.main(args=argv, prog_name="metareg")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    print_table(rows)

@@ -116,7 +116,7 @@ def _duration(seconds) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def runs_cmd(directory: Path, as_json: bool) -> None:
     """List the runs under DIRECTORY (default runs/): settings, accuracy ± 95% CI, steps, wall time, status."""
-    from metareg.cli import _print_table
+    from metareg.cli.catalogue import print_table
 
     rows = [describe(p) for p in find_runs(directory)]
     if as_json:
@@ -132,7 +132,7 @@ def runs_cmd(directory: Path, as_json: bool) -> None:
         table.append((r["run"], r["status"], r["strategy"] or "-", r["backbone"] or "-", r["dataset"] or "-",
                       f"{r['ways'] or '?'}w{r['shots'] or '?'}s", acc,
                       "-" if r["steps"] is None else r["steps"], _duration(r["wall_seconds"])))
-    _print_table(table)
+    print_table(table)
 
 
 @click.command("compare")

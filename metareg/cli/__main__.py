@@ -1,0 +1,5 @@
+import sys
+
+from metareg.cli import main
+
+sys.exit(main())
