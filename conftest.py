@@ -1,4 +1,9 @@
-"""Shared fixtures. Each test that touches plugins gets a fresh plugin set."""
+"""Fixtures for every test folder: the core's tests/ and each first-party plugin's plugins/<name>/tests/.
+
+At the repository root so that one set of rules (a fresh plugin set, no leaked METAREG_* switches,
+the test cache dir, the shared Omniglot location) holds for the plugins' tests as for the core's.
+Each test starts with a fresh plugin set.
+"""
 from __future__ import annotations
 
 import os
@@ -6,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parent
 # ../shared beside the clone (CI lays a copy there); METAREG_SHARED overrides.
 SHARED = Path(os.environ.get("METAREG_SHARED", ROOT.parent / "shared"))
 OMNIGLOT_ZIP = SHARED / "data" / "omniglot" / "images_background.zip"
@@ -32,7 +37,7 @@ def fresh_plugins():
     set_plugins(None)
 
 
-# Switches the CLI exports for the processes Lightning launches (cli.py, run.py). In-process CliRunner
+# Switches the CLI exports for the processes Lightning launches (metareg/cli, run.py). In-process CliRunner
 # calls would leave them set for every later test; each test starts and ends without them.
 _SWITCHES = ("METAREG_STRICT", "METAREG_PLUGINS", "METAREG_DISABLE_PLUGINS", "METAREG_RUN_DIR",
              "METAREG_VERBOSE")
