@@ -7,13 +7,16 @@ PLUGINS := $(wildcard plugins/*/pyproject.toml)
 # torch and torchvision are pinned to the pair this project is tested with (they must match).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean dist
 
-$(STAMP): pyproject.toml $(PLUGINS) scripts/install_learn2learn.sh
+$(STAMP): pyproject.toml metapackage/pyproject.toml $(PLUGINS) scripts/install_learn2learn.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,export]' $(foreach p,$(PLUGINS),-e $(dir $(p)))
+	# The core used to be the distribution `metareg` (it is metareg-core now; `metareg` is metapackage/):
+	# replaced after the core was installed, an old editable install of it would take bin/metareg with it.
+	$(PY) -m pip uninstall -q -y metareg 2>/dev/null || true
+	$(PY) -m pip install -q -e '.[dev,export]' $(foreach p,$(PLUGINS),-e $(dir $(p))) -e metapackage
 	# learn2learn 0.2.0 does not build from PyPI on Python >= 3.11; the script rebuilds it (and pins numpy < 2).
 	bash scripts/install_learn2learn.sh $(PY)
 	touch $(STAMP)
@@ -30,5 +33,10 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check metareg plugins tests
 
+## Wheels of metareg-core, the metareg metapackage and every first-party plugin, into dist/:
+## then `pip install --find-links dist metareg` in any environment that has torch (or can fetch it).
+dist: setup
+	$(PY) scripts/build_dists.py dist
+
 clean:
-	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info
+	rm -rf $(VENV) build *.egg-info plugins/*/*.egg-info metapackage/*.egg-info
