@@ -6,6 +6,7 @@ fast with a message that names it.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +15,6 @@ from metareg.errors import ConfigError, MetaregError
 from metareg.options import bind, describe
 from metareg.records import SINGULAR, refusal
 from metareg.registry import Registry
-
-# Datasets whose test classes are ImageNet classes: ImageNet-pretrained weights leak them.
-IMAGENET_DERIVED = {"miniimagenet", "tieredimagenet", "l2l-miniimagenet", "l2l-tieredimagenet"}
 
 
 @dataclass
@@ -88,28 +86,22 @@ def resolve_all(config: RunConfig, registry: Registry | None = None, *, dataset:
 
 
 def build_model(components: Components, config: RunConfig, channels: int, image_size: int, num_train_classes: int,
-                dataset_name: str | None = None):
-    """Backbone, strategy (set up with the backbone) and transform for a dataset's image shape."""
-    import torch
+                dataset_name: str | None = None, dataset_info: Mapping[str, Any] | None = None):
+    """Backbone, strategy (set up with the backbone) and transform for a dataset's image shape.
 
+    ``dataset_info`` (a :class:`metareg.DatasetInfo` or a checkpoint's saved dict) says whether the
+    dataset's classes are ImageNet classes, for the warning about ImageNet-pretrained backbones.
+    """
+    from metareg.protocols import check_backbone, pretraining_leak
     from metareg.strategy import Strategy, TaskInfo
     from metareg.transform import Transform
 
-    backbone = components.backbone.build(channels=channels, image_size=image_size)
-    if not isinstance(backbone, torch.nn.Module):
-        raise MetaregError(
-            f"backbone {components.backbone.name!r} returned {type(backbone).__name__}, not an nn.Module"
-        )
-    feature_dim = getattr(backbone, "out_features", None)
-    if not isinstance(feature_dim, int):
-        raise MetaregError(f"backbone {components.backbone.name!r} does not set an integer `out_features`")
-    if getattr(backbone, "pretrained_on", None) == "imagenet" and (dataset_name or "").lower() in IMAGENET_DERIVED:
-        warnings.warn(
-            f"backbone {components.backbone.name!r} carries ImageNet-pretrained weights, and the test classes of "
-            f"{dataset_name!r} are ImageNet classes: test accuracy will be inflated. Train from scratch or "
-            "pretrain on the training classes only for a fair figure.",
-            stacklevel=2,
-        )
+    backbone = check_backbone(components.backbone.build(channels=channels, image_size=image_size),
+                              components.backbone.name)
+    feature_dim = backbone.out_features
+    leak = pretraining_leak(backbone, components.backbone.name, dataset_info, dataset_name)
+    if leak:
+        warnings.warn(leak, stacklevel=2)
     strategy = components.strategy.build()
     if not isinstance(strategy, Strategy):
         raise MetaregError(f"strategy {components.strategy.name!r} returned {type(strategy).__name__}, "

@@ -156,7 +156,8 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
         raise CheckpointError(f"cannot rebuild the model of {source!r}: {exc}") from None
     task = meta["task"]
     strategy, transform, task_info = build_model(
-        components, config, task["channels"], task["image_size"], task["num_train_classes"], meta["data"]["name"]
+        components, config, task["channels"], task["image_size"], task["num_train_classes"], meta["data"]["name"],
+        meta["data"].get("info"),
     )
     for prefix, module in (("strategy.", strategy), ("transform.", transform)):
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

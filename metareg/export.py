@@ -120,8 +120,9 @@ class EmbeddingModule(nn.Module):
 def describe(model, invert: bool) -> dict[str, Any]:
     """The metadata every export carries: what the model is and how to feed it."""
     head = model.strategy.export_head()
-    data = model.meta.get("data", {}) if isinstance(model.meta, dict) else {}
-    resample = str((data.get("info") or {}).get("resample", "bilinear")).lower()
+    from metareg.dataset_info import saved_info
+
+    resample = saved_info(model.meta).resample
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_VERSION,

@@ -21,6 +21,7 @@ from metareg.config import RunConfig
 from metareg.episodes import EpisodeBatch, episode_labels, split_episodes, stream_seed
 from metareg.errors import MetaregError
 from metareg.evaluation import write_episodes
+from metareg.protocols import start_epoch
 from metareg.strategy import Strategy, TaskInfo
 from metareg.transform import Transform
 
@@ -136,9 +137,7 @@ class MetaLearner(pl.LightningModule):
         train_set = self.trainer.datamodule.train_set if self.trainer.datamodule is not None else None
         if train_set is not None:
             train_set.epoch = self.current_epoch
-        hook = getattr(self.strategy.backbone, "metareg_epoch_start", None)
-        if callable(hook):
-            hook(self.current_epoch)
+        start_epoch(self.strategy.backbone, self.current_epoch)  # the Backbone protocol's optional EpochHook
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if "labels" in batch:

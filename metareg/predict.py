@@ -40,8 +40,9 @@ from typing import Any
 
 import torch
 
+from metareg.dataset_info import saved_info
 from metareg.errors import CheckpointError, DataError, OptionError
-from metareg.images import IMAGE_SUFFIXES, RESAMPLE, open_image, to_square_uint8
+from metareg.images import IMAGE_SUFFIXES, open_image, to_square_uint8
 from metareg.images import is_image_file as _is_image_file
 
 CACHE_FORMAT = "metareg-support-cache"
@@ -229,15 +230,9 @@ class FewShotClassifier:
         self.strategy = model.strategy.to(self.device).eval()
         self.transform = model.transform.to(self.device).eval()
         self.channels, self.image_size = int(model.task.channels), int(model.task.image_size)
-        data = model.meta.get("data", {}) if isinstance(model.meta, dict) else {}
-        info = data.get("info", {}) if isinstance(data, dict) else {}
-        self.invert = bool(info.get("invert", False)) if invert is None else bool(invert)
-        # The filter the dataset resized its images with (info["resample"], e.g. "box"), else bilinear.
-        self.resample = str(info.get("resample", "bilinear")).lower()
-        if self.resample not in RESAMPLE:
-            self.resample = "bilinear"
-        # Non-square images: the centre square (default), or info["crop"] == "none" to stretch them.
-        self.crop = "none" if str(info.get("crop", "center")).lower() == "none" else "center"
+        info = saved_info(model.meta)
+        self.invert = info.invert if invert is None else bool(invert)
+        self.resample, self.crop = info.resample, info.crop
         self.batch_size = int(batch_size)
         self.digest, self.source = digest, source
         self.classes: list[str] | None = None

@@ -187,7 +187,7 @@ class _Prepared:
         _seed_everything(config.seed)
         self.strategy, self.transform, self.task = build_model(
             self.components, config, dataset.channels, dataset.image_size, dataset.train.num_classes,
-            dataset_name=config.dataset,
+            dataset_name=config.dataset, dataset_info=dataset.info,
         )
 
 

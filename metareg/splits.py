@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from metareg.dataset_info import DatasetInfo
 from metareg.errors import DataError
 
 SPLITS = ("train", "validation", "test")
@@ -95,7 +96,7 @@ class ClassSplit:
 
 @dataclass
 class FewShotDataset:
-    """What a dataset factory returns."""
+    """What a dataset factory returns; ``info`` says how its images were made (:class:`metareg.DatasetInfo`)."""
 
     name: str
     train: ClassSplit
@@ -103,9 +104,10 @@ class FewShotDataset:
     test: ClassSplit
     channels: int
     image_size: int
-    info: dict = field(default_factory=dict)
+    info: DatasetInfo = field(default_factory=DatasetInfo)
 
     def __post_init__(self) -> None:
+        self.info = DatasetInfo.of(self.info, f"dataset {self.name!r}")
         self.check()
 
     def split(self, name: str) -> ClassSplit:
@@ -136,6 +138,7 @@ class FewShotDataset:
         splits: dict[str, Sequence[int]] | None = None,
         ratios: tuple[float, float, float] = (0.6, 0.2, 0.2),
         seed: int = 0,
+        info: DatasetInfo | None = None,
     ) -> FewShotDataset:
         """Build a dataset from in-memory images and labels (numpy arrays or tensors).
 
@@ -143,6 +146,7 @@ class FewShotDataset:
         labels: ``(N,)`` integer class ids.
         splits: explicit class ids per split, ``{"train": [...], "validation": [...], "test": [...]}``;
             without it classes are split at random by ``ratios`` and ``seed``.
+        info: what the images are (:class:`metareg.DatasetInfo`), e.g. ``DatasetInfo(imagenet_derived=True)``.
         """
         x = torch.as_tensor(images)
         y = torch.as_tensor(labels).long()
@@ -187,7 +191,7 @@ class FewShotDataset:
             mask = local >= 0
             local = local[mask]
             parts[split] = ClassSplit(x[mask].contiguous(), local, [names[c] for c in chosen])
-        return cls(name, parts["train"], parts["validation"], parts["test"], x.shape[1], x.shape[2])
+        return cls(name, parts["train"], parts["validation"], parts["test"], x.shape[1], x.shape[2], info)
 
 
 def split_classes(ids: Sequence, ratios: tuple[float, float, float], seed: int) -> dict[str, list]:

@@ -410,12 +410,14 @@ def glyphs(
         remap[torch.from_numpy(chosen)] = torch.arange(len(chosen))
         mask = remap[labels] >= 0
         parts[split] = metareg.ClassSplit(images[mask], remap[labels[mask]], [class_names[i] for i in chosen])
-    info = {
-        "alphabets": assignment,
-        "ink": "white on black (255 = stroke)",
+    info = metareg.DatasetInfo(
         # `metareg predict` inverts new images: characters on paper or screen are dark on light
-        "invert": True,
-        "generation_seconds": float(a.get("generation_seconds", np.nan)),
-        "cache": os.fspath(cache_file),
-    }
+        invert=True,
+        details={
+            "alphabets": assignment,
+            "ink": "white on black (255 = stroke)",
+            "generation_seconds": float(a.get("generation_seconds", np.nan)),
+            "cache": os.fspath(cache_file),
+        },
+    )
     return metareg.FewShotDataset("glyphs", parts["train"], parts["validation"], parts["test"], 1, image_size, info)

@@ -132,6 +132,7 @@ def imagefolder(
         for split, ids in assignment.items():
             per_split[split] = [classes[i] for i in ids]
     splits = {s: _build_split(per_split[s], image_size, channels, lazy) for s in SPLIT_DIRS}
-    info = {"root": str(base), "layout": layout, "classes": {s: splits[s].num_classes for s in splits}}
+    info = metareg.DatasetInfo(
+        details={"root": str(base), "layout": layout, "classes": {s: splits[s].num_classes for s in splits}})
     return metareg.FewShotDataset("imagefolder", splits["train"], splits["validation"], splits["test"], channels,
                                   image_size, info)

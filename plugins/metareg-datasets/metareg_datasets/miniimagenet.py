@@ -238,8 +238,10 @@ def miniimagenet(
             parts[split] = read_csv_split(path, image_dir, image_size)
     splits = {s: metareg.ClassSplit(*parts[s]) for s in SPLITS}
     counts = {s: splits[s].num_classes for s in SPLITS}
-    info = {"format": format, "root": str(base), "classes": counts}
-    if tuple(counts.values()) != (64, 16, 20):
-        info["note"] = f"class counts {counts} differ from the standard 64/16/20"
+    note = f"class counts {counts} differ from the standard 64/16/20" if tuple(counts.values()) != (64, 16, 20) \
+        else None
+    # Its classes are ImageNet classes: the core warns when ImageNet-pretrained weights meet them.
+    info = metareg.DatasetInfo(imagenet_derived=True, note=note,
+                               details={"format": format, "root": str(base), "classes": counts})
     return metareg.FewShotDataset("miniimagenet", splits["train"], splits["validation"], splits["test"], 3,
                                   image_size, info)

@@ -11,13 +11,13 @@ Splits
 split at random by ``seed`` into 1,028 train / 172 validation / 423 test characters
 (Vinyals et al. 2016 with the validation split of Snell et al. 2017). With only
 ``images_background`` present, its 964 characters are split in the same
-proportions (about 611 / 102 / 251); ``info["note"]`` says so.
+proportions (about 611 / 102 / 251); ``info.note`` says so.
 
 ``lake``: Lake's protocol, alphabets stay whole: test = the 20 evaluation
 alphabets; validation = ``validation_alphabets`` background alphabets chosen by
 ``seed``; train = the rest of the background alphabets. With only
 ``images_background`` present, its 30 alphabets are split 20 / 5 / 5 by ``seed``
-(``validation_alphabets`` for validation, as many again for test); ``info["note"]``
+(``validation_alphabets`` for validation, as many again for test); ``info.note``
 says so.
 
 ``rotations=true`` adds the rotations by 90, 180 and 270 degrees of every character
@@ -256,16 +256,17 @@ def omniglot(
             ys = torch.cat([ys + r * k for r in range(4)])
             cls = [f"{c}/rot{90 * r}" for r in range(4) for c in cls]
         splits[part] = metareg.ClassSplit(xs.contiguous(), ys, cls)
-    info = {
-        "split": split,
-        "sources": {k: os.fspath(v) for k, v in sources.items() if v is not None},
-        "ink": "white on black (255 = stroke)",
+    info = metareg.DatasetInfo(
         # how `metareg predict` prepares new drawings (black on white files) the way these were prepared
-        "invert": True,
-        "resample": "box",
-        "rotations": rotations,
-    }
-    if note:
-        info["note"] = note
+        invert=True,
+        resample="box",
+        note=note or None,
+        details={
+            "split": split,
+            "sources": {k: os.fspath(v) for k, v in sources.items() if v is not None},
+            "ink": "white on black (255 = stroke)",
+            "rotations": rotations,
+        },
+    )
     return metareg.FewShotDataset("omniglot", splits["train"], splits["validation"], splits["test"], 1, image_size,
                                   info)

@@ -120,6 +120,7 @@ def _by_mode(
     channels: int,
     image_size: int,
     folder: str,
+    imagenet_derived: bool = False,
     **kwargs: Any,
 ) -> metareg.FewShotDataset:
     if image_size < 8:
@@ -136,7 +137,8 @@ def _by_mode(
             return str(_classes[c]) if _classes is not None else f"{_split}/{c:04d}"
 
         parts[split] = _split(ds, labels, names, channels, image_size)
-    info = {"source": f"learn2learn.vision.datasets.{class_name}", "root": str(base)}
+    info = metareg.DatasetInfo(imagenet_derived=imagenet_derived,
+                               details={"source": f"learn2learn.vision.datasets.{class_name}", "root": str(base)})
     return metareg.FewShotDataset(name, parts["train"], parts["validation"], parts["test"], channels, image_size, info)
 
 
@@ -191,7 +193,9 @@ def mini_imagenet(*, root: str | None = None, download: bool = False) -> metareg
         tensor = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         parts[split] = metareg.ClassSplit(tensor, torch.from_numpy(labels), classes)
     size = parts["train"].images.gather(torch.tensor([0])).shape[-1]
-    info = {"source": "learn2learn.vision.datasets.MiniImagenet", "root": str(base)}
+    # miniImageNet's classes are ImageNet classes: ImageNet-pretrained weights have seen its test classes.
+    info = metareg.DatasetInfo(imagenet_derived=True,
+                               details={"source": "learn2learn.vision.datasets.MiniImagenet", "root": str(base)})
     return metareg.FewShotDataset(name, parts["train"], parts["validation"], parts["test"], 3, size, info)
 
 
@@ -204,7 +208,7 @@ def tiered_imagenet(*, root: str | None = None, download: bool = False, image_si
     """
     return _by_mode(
         "l2l-tieredimagenet", "TieredImagenet", root=root, download=download, channels=3, image_size=image_size,
-        folder="tiered-imagenet",
+        folder="tiered-imagenet", imagenet_derived=True,
     )
 
 
@@ -351,5 +355,6 @@ def omniglot(
         parts[split] = _split(
             ds, [labels[i] for i in index], lambda c: characters[c], 1, image_size, lambda j, _ix=index: ds[_ix[j]][0]
         )
-    info = {"source": "learn2learn.vision.datasets.FullOmniglot", "root": str(base), "seed": seed}
+    info = metareg.DatasetInfo(
+        details={"source": "learn2learn.vision.datasets.FullOmniglot", "root": str(base), "seed": seed})
     return metareg.FewShotDataset(name, parts["train"], parts["validation"], parts["test"], 1, image_size, info)
