@@ -1,4 +1,4 @@
-"""The Transform contract: batched augmentation on the device."""
+"""The Transform contract (batched augmentation on the device), and the core's own transform, ``none``."""
 from __future__ import annotations
 
 import torch
@@ -15,3 +15,8 @@ class Transform(nn.Module):
 
     def evaluate(self, images: torch.Tensor) -> torch.Tensor:
         return images
+
+
+def identity(*, channels: int = 3, image_size: int = 84) -> Transform:
+    """No augmentation for training, nothing for evaluation either."""
+    return Transform()

@@ -501,7 +501,7 @@ def test_plugin_factory_that_raises_is_named_with_its_distribution(tmp_path, mon
     if option == "--backbone":
         base = [a for a in base if a not in ("--backbone-opt", "hidden=8")]  # conv4's option
     # the environment form of --load-plugins, which the CLI would leave set for later tests
-    monkeypatch.setenv("METAREG_PLUGINS", "backbones,strategies,datasets,kornia,buggy")
+    monkeypatch.setenv("METAREG_PLUGINS", "core,backbones,strategies,datasets,kornia,buggy")
     result = metareg("run", *base, option, name, "--output-dir", str(out))
     refused(result, f"{option[2:]} {name!r} from plugin buggy (metareg-fake-buggy 0.5) failed while being built",
             error, "report it to its authors")

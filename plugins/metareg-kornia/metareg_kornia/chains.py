@@ -143,11 +143,6 @@ def _colour_jitters(channels: int, p: float, *, brightness: float, contrast: flo
     return [K.ColorJitter(**parts, p=p)]
 
 
-def identity(*, channels: int = 3, image_size: int = 84) -> metareg.Transform:
-    """No augmentation for training, nothing for evaluation either."""
-    return metareg.Transform()
-
-
 def flash(
     *,
     channels: int = 3,

@@ -1,15 +1,12 @@
-"""Registers the first-party transforms. Factories are lazy so `metareg list` never imports kornia."""
+"""Registers the Kornia augmentation chains. Factories are lazy so `metareg list` never imports kornia.
+
+The default transform, ``none``, is the core's own (metareg.core_plugin), not this plugin's.
+"""
 import metareg
 
 
 @metareg.hookimpl
 def metareg_transforms():
-    yield metareg.TransformSpec(
-        "none",
-        "metareg_kornia.chains:identity",
-        summary="No augmentation: images pass through unchanged",
-        aliases=("identity",),
-    )
     yield metareg.TransformSpec(
         "flash",
         "metareg_kornia.chains:flash",

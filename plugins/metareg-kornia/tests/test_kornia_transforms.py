@@ -31,7 +31,7 @@ def build(name: str, channels: int, image_size: int, **options):
 
 
 def test_first_party_transforms_are_registered():
-    assert {"none", "flash", "lee2019", "omniglot", "compose"} <= set(TRANSFORMS)
+    assert {"flash", "lee2019", "omniglot", "compose"} <= set(TRANSFORMS)
 
 
 @pytest.mark.parametrize("channels, size", [(1, 28), (3, 32)])

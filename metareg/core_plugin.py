@@ -1,0 +1,22 @@
+"""The core's own components, registered through the ``metareg`` entry-point group like every plugin's.
+
+The default transform of a run, ``none``, belongs to the core (a run needs no augmentation
+package), yet it comes through the same door as third-party components: the entry point
+``core`` of the ``metareg-core`` distribution names this module. So ``metareg list`` shows
+it with its package, and ``--load-plugins`` / ``--disable-plugins`` treat it like any other.
+The factory is a lazy reference, so listing it imports no torch.
+"""
+from __future__ import annotations
+
+from metareg.hookspecs import hookimpl
+from metareg.records import TransformSpec
+
+
+@hookimpl
+def metareg_transforms():
+    yield TransformSpec(
+        "none",
+        "metareg.transform:identity",
+        summary="No augmentation: images pass through unchanged",
+        aliases=("identity",),
+    )
