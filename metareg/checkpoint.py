@@ -1,15 +1,18 @@
-"""Reading metareg checkpoints safely, and rebuilding the model they hold.
+"""The metareg checkpoint format: what training writes into it, reading it back safely, its checks.
 
 A metareg checkpoint is a Lightning checkpoint with an extra ``"metareg"`` entry:
 format version, metareg version, the resolved run config, the image shape and the
 TaskInfo. Everything in it is tensors and plain containers, so it always loads
 with ``torch.load(weights_only=True)``; anything that needs more is refused.
+
+Rebuilding the model a checkpoint holds is ``model_loading.py``'s job: this module reaches
+no registry and builds nothing, so training, which writes checkpoints, stays clear of both.
 """
 from __future__ import annotations
 
 import pickle
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,8 @@ FORMAT = "metareg-checkpoint"
 FORMAT_VERSION = 1
 
 
-def payload(config, task, dataset_name: str, class_names: list[str] | None = None) -> dict[str, Any]:
+def payload(config, task, dataset_name: str) -> dict[str, Any]:
+    """The ``"metareg"`` section the learner adds to each checkpoint Lightning saves."""
     import metareg
 
     return {
@@ -81,7 +85,8 @@ SECTIONS = {
 
 
 def check_sections(meta: dict[str, Any], source: str) -> None:
-    """Refuse a metareg section that lacks what :func:`model_from_payload` reads, naming the file and the part."""
+    """Refuse a metareg section that lacks what rebuilding the model reads
+    (:func:`metareg.model_loading.model_from_payload`), naming the file and the part."""
     for section, keys in SECTIONS.items():
         value = meta.get(section)
         if not isinstance(value, dict):
@@ -110,69 +115,3 @@ def check_finite(state: dict[str, Any], source: str) -> None:
                 f"{'' if bad == 1 else 's'} of {value.numel()}; the training that wrote it diverged: use an "
                 "earlier checkpoint or train again with a smaller learning rate"
             )
-
-
-@dataclass
-class LoadedModel:
-    """A trained model rebuilt from a checkpoint, in eval mode on the CPU."""
-
-    strategy: Any  # metareg.Strategy, with its backbone
-    transform: Any  # metareg.Transform
-    config: Any  # RunConfig
-    task: Any  # TaskInfo
-    meta: dict[str, Any]
-
-    @property
-    def channels(self) -> int:
-        return self.task.channels
-
-    @property
-    def image_size(self) -> int:
-        return self.task.image_size
-
-
-def load_model(path: str | Path, registry=None) -> LoadedModel:
-    """Rebuild strategy, backbone and transform from a checkpoint and load their weights."""
-    ckpt = read_checkpoint(path)
-    return model_from_payload(ckpt["metareg"], ckpt["state_dict"], str(path), registry)
-
-
-def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str, registry=None) -> LoadedModel:
-    """Rebuild the model that ``meta`` (a checkpoint's metareg section) describes and load ``state`` into it.
-
-    Shared by checkpoints and safetensors exports; ``source`` names the file in errors.
-    """
-    from metareg.build import build_model, resolve_all
-    from metareg.config import RunConfig
-    from metareg.errors import MetaregError
-
-    # Again here: safetensors exports reach this without read_checkpoint.
-    check_sections(meta, source)
-    check_finite(state, source)
-    config = RunConfig.from_saved(meta["config"], source)
-    try:
-        components = resolve_all(config, registry, dataset=False)
-    except MetaregError as exc:
-        raise CheckpointError(f"cannot rebuild the model of {source!r}: {exc}") from None
-    task = meta["task"]
-    strategy, transform, task_info = build_model(
-        components, config, task["channels"], task["image_size"], task["num_train_classes"], meta["data"]["name"],
-        meta["data"].get("info"),
-    )
-    for prefix, module in (("strategy.", strategy), ("transform.", transform)):
-        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        try:
-            missing, unexpected = module.load_state_dict(part, strict=False)
-        except RuntimeError as exc:  # shapes that differ from the rebuilt model's
-            raise CheckpointError(
-                f"weights in {source!r} do not fit the {prefix[:-1]} rebuilt from its config "
-                f"({str(exc).strip().splitlines()[-1].strip()}); was a plugin upgraded since training?"
-            ) from None
-        if missing or unexpected:
-            raise CheckpointError(
-                f"weights in {source!r} do not fit the {prefix[:-1]} rebuilt from its config "
-                f"(missing: {missing[:3]}, unexpected: {unexpected[:3]}); was a plugin upgraded since training?"
-            )
-    strategy.eval()
-    transform.eval()
-    return LoadedModel(strategy, transform, config, task_info, meta)

@@ -149,7 +149,7 @@ def _head_info(head) -> dict[str, Any] | None:
 
 
 def export(model, output: str | os.PathLike, fmt: str, *, invert: bool, inputs: tuple = ()) -> Path:
-    """Write ``model`` (a :class:`metareg.checkpoint.LoadedModel`) to ``output`` in format ``fmt``.
+    """Write ``model`` (a :class:`metareg.model_loading.LoadedModel`) to ``output`` in format ``fmt``.
 
     Every format is serialised in memory and written with :func:`metareg.files.atomic_write`:
     torch reports a failing file write as a C++ error (or aborts the process), which would
@@ -307,8 +307,8 @@ def read_safetensors_export(path: str | os.PathLike) -> tuple[dict[str, Any], di
 
 
 def load_safetensors_export(path: str | os.PathLike, registry=None):
-    """Rebuild the model of a safetensors export (as :func:`metareg.checkpoint.load_model` does for checkpoints)."""
-    from metareg.checkpoint import model_from_payload
+    """Rebuild the model of a safetensors export (as :func:`metareg.model_loading.load_model` does for checkpoints)."""
+    from metareg.model_loading import model_from_payload
 
     meta, state = read_safetensors_export(path)
     inner = dict(meta["metareg"])

@@ -260,7 +260,7 @@ class FewShotClassifier:
         if is_safetensors(path):
             model = load_safetensors_export(path)
         else:
-            from metareg.checkpoint import load_model
+            from metareg.model_loading import load_model
 
             model = load_model(path)
         return cls(model, device=device, invert=invert, batch_size=batch_size, source=os.fspath(path))

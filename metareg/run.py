@@ -446,8 +446,9 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     ``overrides`` may change test_ways / test_shots / test_queries / test_num_tasks,
     seed, dataset / dataset_options and hardware settings. ``announce`` as for :func:`train`.
     """
-    from metareg.checkpoint import load_model, read_checkpoint
+    from metareg.checkpoint import read_checkpoint
     from metareg.learner import MetaLearner
+    from metareg.model_loading import load_model
     from metareg.quiet import quiet
 
     checkpoint = Path(checkpoint)

@@ -195,8 +195,8 @@ class _Adapting(metareg.Strategy):
 
 
 def test_torchscript_refuses_strategies_without_a_feature_head(tmp_path):
-    from metareg.checkpoint import LoadedModel, load_model
     from metareg.export import export
+    from metareg.model_loading import LoadedModel, load_model
 
     loaded = load_model(_checkpoint(tmp_path / "m.ckpt"))
     strategy = _Adapting()
