@@ -18,10 +18,10 @@ from metareg.errors import MetaregError
 KIND_CHOICES = ("backbone", "dataset", "transform", "strategy")
 # Example component name suffix, module, attribute and spec class per kind.
 _EXAMPLES = {
-    "backbone": ("cnn", "backbones", "small_cnn", "BackboneSpec", "metareg_backbones"),
-    "dataset": ("patterns", "datasets", "patterns", "DatasetSpec", "metareg_datasets"),
-    "transform": ("jitter", "transforms", "jitter", "TransformSpec", "metareg_transforms"),
-    "strategy": ("cosine", "strategies", "CosinePrototypes", "StrategySpec", "metareg_strategies"),
+    "backbone": ("cnn", "backbones", "small_cnn", "BackboneSpec"),
+    "dataset": ("patterns", "datasets", "patterns", "DatasetSpec"),
+    "transform": ("jitter", "transforms", "jitter", "TransformSpec"),
+    "strategy": ("cosine", "strategies", "CosinePrototypes", "StrategySpec"),
 }
 _SUMMARIES = {
     "backbone": "Example: small conv net, conv-BN-ReLU-maxpool blocks and global average pooling",
@@ -70,7 +70,6 @@ def render(name: str, kinds: tuple[str, ...]) -> dict[str, str]:
     pkg = f"metareg_{ident}"
     values = {
         "name": name,
-        "ident": ident,
         "pkg": pkg,
         "dist": f"metareg-{name}",
         "bounds": _version_bounds(),
@@ -96,7 +95,7 @@ def _plugin_module(kinds: tuple[str, ...]) -> str:
         "import metareg\n"
     ]
     for kind in kinds:
-        suffix, module, attr, spec, _ = _EXAMPLES[kind]
+        suffix, module, attr, spec = _EXAMPLES[kind]
         hook = {"backbone": "backbones", "dataset": "datasets", "transform": "transforms", "strategy": "strategies"}
         parts.append(
             "\n\n@metareg.hookimpl\n"
@@ -150,7 +149,7 @@ def write(name: str, kinds: tuple[str, ...], output: Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------- templates
-# string.Template: $name, $ident, $pkg, $dist, $bounds, $kinds_text; $$ is a literal $.
+# string.Template: $name, $pkg, $dist, $bounds, $kinds_text; $$ is a literal $.
 
 _PYPROJECT = """\
 [build-system]
