@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from metareg import kinds
 from metareg.config import RunConfig
 from metareg.errors import ConfigError, MetaregError
 from metareg.options import bind, describe
-from metareg.records import SINGULAR, refusal
+from metareg.records import refusal
 from metareg.registry import Registry
 
 
@@ -28,13 +29,14 @@ class Resolved:
     options: dict[str, Any]
 
     def build(self, **injected):
-        kwargs = bind(self.factory, self.options, component=f"{SINGULAR[self.kind]} {self.name!r}", injected=injected)
+        kwargs = bind(self.factory, self.options, component=f"{kinds.get(self.kind).singular} {self.name!r}",
+                      injected=injected)
         try:
             return self.factory(**kwargs)
         except MetaregError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure inside a plugin's factory: say whose it is
-            what = f"{SINGULAR[self.kind]} {self.name!r}"
+            what = f"{kinds.get(self.kind).singular} {self.name!r}"
             plugin = getattr(getattr(self.provider, "plugin", None), "label", None)
             source = f" from plugin {plugin}" if plugin else ""
             if isinstance(exc, (TypeError, ValueError)):
@@ -44,7 +46,7 @@ class Resolved:
             raise MetaregError(
                 f"{what}{source} failed while being built: {type(exc).__name__}: {exc}. Unless this points at "
                 f"your options {self.options}, it is a bug in that plugin: report it to its authors, or choose "
-                f"another {SINGULAR[self.kind]} (`metareg list`)"
+                f"another {kinds.get(self.kind).singular} (`metareg list`)"
             ) from exc
 
 
@@ -54,11 +56,12 @@ def resolve(registry: Registry, kind: str, name: str, options: dict[str, Any]) -
         factory = provided.record.load()
     except Exception as exc:  # noqa: BLE001 - report which plugin's factory cannot be imported
         raise MetaregError(
-            f"{SINGULAR[kind]} {name!r} from {provided.plugin.label} cannot be imported: {type(exc).__name__}: {exc}"
+            f"{kinds.get(kind).singular} {name!r} from {provided.plugin.label} cannot be imported: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     resolved = Resolved(kind, provided.record.name, provided, factory, dict(options))
     # Validate option names and types now, before any data is loaded.
-    bind(factory, resolved.options, component=f"{SINGULAR[kind]} {provided.record.name!r}")
+    bind(factory, resolved.options, component=f"{kinds.get(kind).singular} {provided.record.name!r}")
     return resolved
 
 
@@ -72,12 +75,11 @@ class Components:
 
 def resolve_all(config: RunConfig, registry: Registry | None = None, *, dataset: bool = True) -> Components:
     registry = registry or Registry.current()
-    components = Components(
-        dataset=resolve(registry, "datasets", config.dataset, config.dataset_options) if dataset else None,
-        backbone=resolve(registry, "backbones", config.backbone, config.backbone_options),
-        transform=resolve(registry, "transforms", config.transform, config.transform_options),
-        strategy=resolve(registry, "strategies", config.strategy, config.strategy_options),
-    )
+    components = Components(**{
+        k.singular: resolve(registry, k.plural, getattr(config, k.config_field), getattr(config, k.options_field))
+        if dataset or k is not kinds.DATASET else None
+        for k in kinds.ALL
+    })
     # Capabilities the components declare: a combination that cannot work is refused before any data loads.
     reason = refusal({r.kind: r.provider.record for r in vars(components).values() if r is not None})
     if reason:
@@ -126,5 +128,5 @@ def with_component_defaults(config: RunConfig, registry: Registry | None = None)
     for kind, resolved in vars(components).items():
         given = bind(resolved.factory, resolved.options, component=f"{kind} {resolved.name!r}")
         shown = {o.name: o.default for o in describe(resolved.factory) if not o.required} | given
-        changes[f"{kind}_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
+        changes[kinds.get(kind).options_field] = {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
     return config.replace(**changes)

@@ -26,9 +26,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from metareg import kinds
 from metareg.errors import MetaregError
-from metareg.records import SINGULAR, refusal
-from metareg.registry import Registry, normalise_kind
+from metareg.records import refusal
+from metareg.registry import Registry
 
 # (channels, image_size): Omniglot-like grey characters and CIFAR-like colour images.
 IMAGE_KINDS: tuple[tuple[int, int], ...] = ((1, 28), (3, 32))
@@ -53,7 +54,7 @@ class Combination:
     def components(self) -> str:
         names = self.shown or tuple(name for _, name in self.parts)
         if len(self.parts) == 1:
-            return f"{SINGULAR[self.parts[0][0]]} {names[0]}"
+            return f"{kinds.get(self.parts[0][0]).singular} {names[0]}"
         return " + ".join(names)
 
     @property
@@ -103,30 +104,33 @@ def combinations(registry: Registry, kind: str | None = None, name: str | None =
         return [(p.qualified_name, p.qualified_name if p.record.name in conflicts else p.record.name)
                 for p in registry.components(kind)]
 
-    strategies, backbones, transforms = listed("strategies"), listed("backbones"), listed("transforms")
+    S, B, T = kinds.STRATEGY.plural, kinds.BACKBONE.plural, kinds.TRANSFORM.plural
+    strategies, backbones, transforms = listed(S), listed(B), listed(T)
     if kind is not None:
-        kind = normalise_kind(kind)
+        chosen_kind = kinds.get(kind)
+        kind = chosen_kind.plural
         if name is None:
-            raise MetaregError(f"name the {SINGULAR[kind]} to check, e.g. `metareg check {SINGULAR[kind]} NAME`")
-        if kind == "datasets":
+            raise MetaregError(f"name the {chosen_kind.singular} to check, "
+                               f"e.g. `metareg check {chosen_kind.singular} NAME`")
+        if chosen_kind is kinds.DATASET:
             raise MetaregError(
                 "datasets are not part of the combination matrix (each fixes its own image kind); "
                 "check a dataset with metareg.testing.check_dataset, or `metareg check` a strategy or backbone"
             )
         chosen = registry.get(kind, name).qualified_name
-        strategies = [s for s in strategies if s[0] == chosen] if kind == "strategies" else strategies
-        backbones = [b for b in backbones if b[0] == chosen] if kind == "backbones" else backbones
-        transforms = [t for t in transforms if t[0] == chosen] if kind == "transforms" else []
-        if kind == "transforms":
+        strategies = [s for s in strategies if s[0] == chosen] if kind == S else strategies
+        backbones = [b for b in backbones if b[0] == chosen] if kind == B else backbones
+        transforms = [t for t in transforms if t[0] == chosen] if kind == T else []
+        if kind == T:
             strategies = []
     out = []
     for s, s_shown in strategies:
         for b, b_shown in backbones:
             for channels, size in IMAGE_KINDS:
-                out.append(Combination((("strategies", s), ("backbones", b)), channels, size, (s_shown, b_shown)))
+                out.append(Combination(((S, s), (B, b)), channels, size, (s_shown, b_shown)))
     for t, t_shown in transforms:
         for channels, size in IMAGE_KINDS:
-            out.append(Combination((("transforms", t),), channels, size, (t_shown,)))
+            out.append(Combination(((T, t),), channels, size, (t_shown,)))
     return out
 
 
@@ -177,7 +181,7 @@ def _resolve(registry: Registry, kind: str, name: str):
     try:
         return resolve(registry, kind, name, dict(provided.record.test_options))
     except MetaregError as exc:
-        raise AssertionError(f"{SINGULAR[kind]} {provided.record.name!r} (test_options "
+        raise AssertionError(f"{kinds.get(kind).singular} {provided.record.name!r} (test_options "
                              f"{dict(provided.record.test_options)}): {_one_line(exc)}") from exc
 
 
@@ -186,10 +190,11 @@ def _run(registry: Registry, combo: Combination) -> None:
     reason = refusal({kind: r.provider.record for kind, r in resolved.items()})
     if reason:
         raise Refused(reason)
-    if "strategies" in resolved:
-        _train_and_evaluate(resolved["strategies"], resolved["backbones"], combo.channels, combo.image_size)
+    if kinds.STRATEGY.plural in resolved:
+        _train_and_evaluate(resolved[kinds.STRATEGY.plural], resolved[kinds.BACKBONE.plural], combo.channels,
+                            combo.image_size)
     else:
-        _transform(resolved["transforms"], combo.channels, combo.image_size)
+        _transform(resolved[kinds.TRANSFORM.plural], combo.channels, combo.image_size)
 
 
 def _build(build, **injected):

@@ -15,11 +15,11 @@ from typing import Any, Literal, get_type_hints
 
 import yaml
 
-from metareg import legacy_names
+from metareg import kinds, legacy_names
 from metareg.errors import ConfigError, OptionError
 from metareg.options import _convert
 
-OPTION_SECTIONS = ("dataset_options", "backbone_options", "transform_options", "strategy_options")
+OPTION_SECTIONS = tuple(k.options_field for k in kinds.ALL)
 # Mappings of free-form keys (merged key by key across sources): component options and Lightning Trainer flags.
 MAPPING_SECTIONS = (*OPTION_SECTIONS, "trainer_options")
 INT_MAX = 2**31 - 1  # counts beyond this overflow the int32 index tensors of the sampler and data loaders

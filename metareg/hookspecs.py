@@ -1,4 +1,4 @@
-"""The plugin contract: four hooks, one per kind of component.
+"""The plugin contract: four hooks, one per kind of component (:mod:`metareg.kinds`).
 
 Every hook takes no arguments and returns (or yields) records. A plugin is a module
 registered under the ``metareg`` entry-point group that implements any of these
@@ -153,11 +153,3 @@ def metareg_transforms() -> Iterable[TransformSpec]:
             '''p: probability of flipping each image.'''
             return HFlip(p)
     """
-
-
-HOOK_KINDS = {
-    "metareg_backbones": "backbones",
-    "metareg_datasets": "datasets",
-    "metareg_strategies": "strategies",
-    "metareg_transforms": "transforms",
-}

@@ -34,9 +34,9 @@ from typing import Any
 
 import pluggy
 
-from metareg import hookspecs
+from metareg import hookspecs, kinds
 from metareg.errors import PluginError
-from metareg.records import SPEC_TYPES, ComponentSpec
+from metareg.records import ComponentSpec
 
 GROUP = "metareg"
 STATUS_OK, STATUS_BROKEN, STATUS_DISABLED = "ok", "broken", "disabled"
@@ -317,7 +317,8 @@ def _load_one(result: PluginSet, info: PluginInfo, source: Any) -> None:
         return
 
     hooks, records = [], []
-    for hook_name, kind in hookspecs.HOOK_KINDS.items():
+    for kind in kinds.LISTED:
+        hook_name, expected = kind.hook, kind.spec_type()
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             if impl.plugin is not obj:
                 continue
@@ -325,7 +326,6 @@ def _load_one(result: PluginSet, info: PluginInfo, source: Any) -> None:
             try:
                 items = list(impl.function() or ())
                 for item in items:
-                    expected = SPEC_TYPES[kind]
                     if not isinstance(item, expected):
                         raise TypeError(f"{hook_name} must yield {expected.__name__} records, got {item!r}")
                 records.extend(items)

@@ -5,6 +5,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from metareg import kinds
+
 
 def device(config) -> str:
     """The device the run computed on, as a person would name it (torch is loaded by then)."""
@@ -20,8 +22,7 @@ def device(config) -> str:
 
 
 def component_options(config) -> dict:
-    return {kind: dict(getattr(config, f"{kind}_options") or {})
-            for kind in ("dataset", "backbone", "transform", "strategy")}
+    return {k.singular: dict(getattr(config, k.options_field) or {}) for k in kinds.ALL}
 
 
 def git_commit() -> dict | None:

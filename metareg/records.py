@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar, Union
 
-Factory = Union[str, Callable[..., Any]]
+from metareg import kinds
 
-KINDS = ("backbones", "datasets", "strategies", "transforms")
-SINGULAR = {"backbones": "backbone", "datasets": "dataset", "strategies": "strategy", "transforms": "transform"}
+Factory = Union[str, Callable[..., Any]]
 
 
 @dataclass(frozen=True)
@@ -81,15 +80,15 @@ class ComponentSpec:
             object.__setattr__(self, attr, frozenset(value))
         for req in self.requires:
             kind, _, capability = req.partition(":")
-            if kind not in SINGULAR.values() or not capability:
+            if kind not in kinds.SINGULARS or not capability:
                 raise ValueError(
                     f"{label}: requires entry {req!r} must read '<kind>:<capability>' with kind one of "
-                    f"{', '.join(SINGULAR.values())}, e.g. 'backbone:functional'"
+                    f"{', '.join(kinds.SINGULARS)}, e.g. 'backbone:functional'"
                 )
 
     def required_from(self, kind: str) -> frozenset[str]:
         """The capabilities this component needs from the component of ``kind`` (singular or plural)."""
-        singular = SINGULAR.get(kind, kind)
+        singular = kinds.get(kind).singular
         return frozenset(r.partition(":")[2] for r in self.requires if r.partition(":")[0] == singular)
 
     def load(self) -> Callable[..., Any]:
@@ -120,14 +119,14 @@ class BackboneSpec(ComponentSpec):
     images to ``(N, D)`` features and carrying ``out_features = D``. It receives the
     dataset's ``channels`` and ``image_size`` as keyword arguments."""
 
-    kind: ClassVar[str] = "backbones"
+    kind: ClassVar[str] = kinds.BACKBONE.plural
 
 
 @dataclass(frozen=True)
 class StrategySpec(ComponentSpec):
     """A meta-learning algorithm. The factory returns a :class:`metareg.Strategy`."""
 
-    kind: ClassVar[str] = "strategies"
+    kind: ClassVar[str] = kinds.STRATEGY.plural
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ class DatasetSpec(ComponentSpec):
     """A few-shot dataset. The factory returns a :class:`metareg.FewShotDataset`
     with class-disjoint train / validation / test splits."""
 
-    kind: ClassVar[str] = "datasets"
+    kind: ClassVar[str] = kinds.DATASET.plural
 
 
 @dataclass(frozen=True)
@@ -144,12 +143,8 @@ class TransformSpec(ComponentSpec):
     applied on the device to whole training batches. It receives the dataset's
     ``channels`` and ``image_size`` as keyword arguments."""
 
-    kind: ClassVar[str] = "transforms"
+    kind: ClassVar[str] = kinds.TRANSFORM.plural
 
-
-SPEC_TYPES: dict[str, type[ComponentSpec]] = {
-    cls.kind: cls for cls in (BackboneSpec, DatasetSpec, StrategySpec, TransformSpec)
-}
 
 
 def refusal(components: Mapping[str, ComponentSpec]) -> str | None:
@@ -158,8 +153,9 @@ def refusal(components: Mapping[str, ComponentSpec]) -> str | None:
     One line naming the component that requires a capability and the one that lacks it.
     Kinds absent from ``components`` are not checked.
     """
-    by_singular = {SINGULAR.get(kind, kind): record for kind, record in components.items()}
+    by_singular = {kinds.get(kind).singular: record for kind, record in components.items()}
     for kind, record in components.items():
+        kind = kinds.get(kind).singular
         for req in sorted(record.requires):
             other_kind, _, capability = req.partition(":")
             other = by_singular.get(other_kind)
@@ -167,9 +163,9 @@ def refusal(components: Mapping[str, ComponentSpec]) -> str | None:
                 continue
             offered = ", ".join(sorted(other.provides)) or "nothing"
             return (
-                f"{SINGULAR.get(kind, kind)} {record.name!r} cannot run with {other_kind} {other.name!r}: "
+                f"{kind} {record.name!r} cannot run with {other_kind} {other.name!r}: "
                 f"{record.name!r} needs a {other_kind} that provides {capability!r}, and {other.name!r} "
-                f"provides {offered}; choose another {other_kind} or {SINGULAR.get(kind, kind)}"
+                f"provides {offered}; choose another {other_kind} or {kind}"
             )
     return None
 

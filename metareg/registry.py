@@ -3,19 +3,14 @@ from __future__ import annotations
 
 import difflib
 
+from metareg import kinds
 from metareg.errors import ComponentConflict, ComponentNotFound
 from metareg.plugins import PluginSet, Provided, get_plugins
-from metareg.records import KINDS, SINGULAR
-
-# Singular forms are accepted wherever a kind is typed.
-_KIND_ALIASES = {k: k for k in KINDS} | {v: k for k, v in SINGULAR.items()}
 
 
 def normalise_kind(kind: str) -> str:
-    try:
-        return _KIND_ALIASES[kind.lower()]
-    except KeyError:
-        raise ComponentNotFound(f"unknown kind {kind!r}; choose one of: {', '.join(KINDS)}") from None
+    """The plural name of ``kind``; singular forms are accepted wherever a kind is typed."""
+    return kinds.get(kind).plural
 
 
 class Registry:
@@ -49,7 +44,7 @@ class Registry:
     def get(self, kind: str, name: str) -> Provided:
         """Resolve ``name`` or ``plugin:name`` (or an alias) to exactly one component."""
         kind = normalise_kind(kind)
-        singular = SINGULAR[kind]
+        singular = kinds.get(kind).singular
         pool = self.components(kind)
         plugin_name, _, short = name.rpartition(":")
         if plugin_name:

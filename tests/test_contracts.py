@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 import metareg
+from metareg.kinds import PLURALS as KINDS
 from metareg.options import describe
 from metareg.plugins import load_plugins
-from metareg.records import KINDS
 from metareg.registry import Registry
 from metareg.testing import check_backbone, check_dataset, check_strategy, check_transform
 

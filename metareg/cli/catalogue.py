@@ -7,9 +7,9 @@ import json
 import click
 
 import metareg
+from metareg import kinds
 from metareg.cli.app import cli
 from metareg.errors import MetaregError
-from metareg.records import KINDS, SINGULAR
 
 
 def _registry():
@@ -46,9 +46,9 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
     from metareg.registry import normalise_kind
 
     reg = _registry()
-    if kind is not None and pattern is None and kind.lower() not in {*KINDS, *SINGULAR.values()}:
+    if kind is not None and pattern is None and not kinds.is_kind(kind):
         kind, pattern = None, kind  # `metareg list res*` filters every kind
-    kinds = [normalise_kind(kind)] if kind else list(KINDS)
+    shown = [normalise_kind(kind)] if kind else list(kinds.PLURALS)
 
     def keep(name: str) -> bool:
         return pattern is None or fnmatch.fnmatch(name, pattern) or pattern in name
@@ -68,7 +68,7 @@ def list_cmd(kind: str | None, pattern: str | None, as_json: bool, by_plugin: bo
         print_table(table)
         return
 
-    components = {k: [c for c in reg.components(k) if keep(c.record.name)] for k in kinds}
+    components = {k: [c for c in reg.components(k) if keep(c.record.name)] for k in shown}
     broken = reg.plugins.broken
     if as_json:
         doc = {
@@ -123,11 +123,12 @@ def info_cmd(kind: str, name: str, as_json: bool) -> None:
     from metareg.options import describe, summary
 
     entry = _registry().get(kind, name)
+    of_kind = kinds.get(entry.kind)
     try:
         factory = entry.record.load()
     except Exception as exc:  # noqa: BLE001 - a broken lazy factory is the plugin's fault; say whose
         raise MetaregError(
-            f"{SINGULAR[entry.kind]} {entry.record.name!r} from {entry.plugin.label} cannot be imported: "
+            f"{of_kind.singular} {entry.record.name!r} from {entry.plugin.label} cannot be imported: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     options = describe(factory)
@@ -139,7 +140,7 @@ def info_cmd(kind: str, name: str, as_json: bool) -> None:
         }
         click.echo(json.dumps(doc, indent=2, default=str))
         return
-    click.secho(f"{entry.record.name}  ({SINGULAR[entry.kind]})", bold=True)
+    click.secho(f"{entry.record.name}  ({of_kind.singular})", bold=True)
     click.echo(f"  provided by {entry.plugin.label}, qualified name {entry.qualified_name}")
     if entry.record.aliases:
         click.echo(f"  aliases: {', '.join(entry.record.aliases)}")
@@ -151,9 +152,7 @@ def info_cmd(kind: str, name: str, as_json: bool) -> None:
     if not options:
         click.echo("  no options")
         return
-    flag = {"backbones": "--backbone-opt", "datasets": "--dataset-opt", "strategies": "--strategy-opt",
-            "transforms": "--transform-opt"}[entry.kind]
-    click.echo(f"  options (set with {flag} NAME=VALUE, or in the config file):")
+    click.echo(f"  options (set with {of_kind.cli_flag} NAME=VALUE, or in the config file):")
     rows = [("  NAME", "TYPE", "DEFAULT", "HELP")]
     for o in options:
         rows.append(("  " + o.name, o.type_name, "(required)" if o.required else repr(o.default), o.help))

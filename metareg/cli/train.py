@@ -6,6 +6,7 @@ from dataclasses import fields
 
 import click
 
+from metareg import kinds
 from metareg.config import MAPPING_SECTIONS, RunConfig
 from metareg.errors import ConfigError
 from metareg.options import parse_assignments
@@ -79,10 +80,20 @@ def config_options(func, only: set[str] | None = None):
     return func
 
 
+def _opt_param(kind: kinds.Kind) -> str:
+    return kind.cli_flag.removeprefix("--").replace("-", "_")  # --backbone-opt -> backbone_opt
+
+
+def kind_option(kind: kinds.Kind):
+    """``--backbone-opt KEY=VALUE`` (repeatable) for one kind."""
+    return click.option(kind.cli_flag, _opt_param(kind), multiple=True, metavar="KEY=VALUE",
+                        help=f"An option of the {kind.singular} (see `metareg info {kind.singular} NAME`); "
+                             "repeatable.")
+
+
 def component_options(func):
-    for kind in ("strategy", "transform", "backbone", "dataset"):
-        func = click.option(f"--{kind}-opt", f"{kind}_opt", multiple=True, metavar="KEY=VALUE",
-                            help=f"An option of the {kind} (see `metareg info {kind} NAME`); repeatable.")(func)
+    for kind in reversed(kinds.ALL):  # the last one applied is listed first: --help shows them in run order
+        func = kind_option(kind)(func)
     return click.option("--trainer-opt", "trainer_opt", multiple=True, metavar="KEY=VALUE",
                         help="A pytorch_lightning.Trainer argument passed through, e.g. accumulate_grad_batches=4, "
                              "limit_train_batches=0.5, deterministic=true; repeatable.")(func)
@@ -90,10 +101,10 @@ def component_options(func):
 
 def _cli_settings(values: dict) -> dict:
     settings = {k: v for k, v in values.items() if v is not None and k in RunConfig.keys()}
-    for kind in ("dataset", "backbone", "transform", "strategy"):
-        given = values.get(f"{kind}_opt") or ()
+    for kind in kinds.ALL:
+        given = values.get(_opt_param(kind)) or ()
         if given:
-            settings[f"{kind}_options"] = parse_assignments(given, f"--{kind}-opt")
+            settings[kind.options_field] = parse_assignments(given, kind.cli_flag)
     if values.get("trainer_opt"):
         settings["trainer_options"] = parse_assignments(values["trainer_opt"], "--trainer-opt")
     return settings
@@ -159,8 +170,7 @@ EVAL_FIELDS = EVAL_SETTINGS
 
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--dataset-opt", "dataset_opt", multiple=True, metavar="KEY=VALUE",
-              help="An option of the dataset (see `metareg info dataset NAME`); repeatable.")
+@kind_option(kinds.DATASET)
 @lambda f: config_options(f, EVAL_FIELDS)
 def eval_cmd(checkpoint, **values):
     """Re-evaluate a saved model on fixed seeded test episodes.
