@@ -80,11 +80,9 @@ def _unbatch(items):
 
 
 class EpisodeDataModule(pl.LightningDataModule):
-    def __init__(self, dataset: FewShotDataset, config: RunConfig, *, labelled: bool = False,
-                 test_seed: int | None = None):
+    def __init__(self, dataset: FewShotDataset, config: RunConfig, *, labelled: bool = False):
         super().__init__()
         self.dataset, self.config, self.labelled = dataset, config, labelled
-        self.test_seed = config.seed if test_seed is None else test_seed
         self.train_sampler: EpisodeSampler | None = None
         self.eval_samplers: dict[str, EpisodeSampler] = {}
         self.train_set: Dataset | None = None
@@ -136,5 +134,5 @@ class EpisodeDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         c = self.config
         return self._loader(FixedEpisodes(self.dataset.test, self.eval_samplers["test"], count=c.test_num_tasks,
-                                          batch=c.eval_meta_batch_size, seed=self.test_seed, stream="test"))
+                                          batch=c.eval_meta_batch_size, seed=c.seed, stream="test"))
 

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from metareg.errors import WriteError
 
-__all__ = ["WriteError", "atomic_directory", "atomic_output", "atomic_write", "check_output", "check_target",
-           "refuse_same_file"]
+__all__ = ["atomic_directory", "atomic_output", "atomic_write", "check_output", "check_target", "refuse_same_file"]
 
 # Errors raised inside an `atomic_output` block that mean "the file could not be written", as
 # opposed to, say, a missing input or a network error of a download the block was reading.

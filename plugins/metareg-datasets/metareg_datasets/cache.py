@@ -1,8 +1,9 @@
-"""Shared plumbing for dataset plugins: the cache directory, atomic writes, checksums, downloads.
+"""Shared plumbing for dataset plugins: the cache directory, checksums, downloads.
 
-Every file this package writes goes to a temporary file in the destination folder
-and is renamed into place, so concurrent processes (DDP ranks generating the same
-cache) never see a half-written file; the last writer wins with identical content.
+Every file this package writes goes through metareg's one way to write a file
+(:func:`metareg.atomic_output`: a synced temporary file beside the destination, renamed
+into place), so concurrent processes (DDP ranks generating the same cache) never see a
+half-written file; the last writer wins with identical content.
 Arrays are cached as ``.npz`` and always read back with ``allow_pickle=False``.
 """
 from __future__ import annotations
@@ -36,28 +37,15 @@ def cache_dir() -> Path:
     return path
 
 
-def atomic_write(dest: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``dest``, then rename it to ``dest``.
-
-    metareg's one way to write a file (:func:`metareg.atomic_output`): synced before the
-    rename, ordinary permissions, and a full disk is a :class:`metareg.WriteError` naming ``dest``.
-    """
-    with metareg.atomic_output(dest) as tmp:
-        write(tmp)
-    return Path(dest)
-
-
 def save_npz(dest: Path, **arrays: np.ndarray) -> Path:
     """Atomically write plain (non-object) arrays as an uncompressed ``.npz``."""
     for key, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise TypeError(f"refusing to cache object array {key!r}: it would need pickle")
 
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-
-    return atomic_write(dest, write)
+    with metareg.atomic_output(dest) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return Path(dest)
 
 
 def load_npz(path: Path, required: tuple[str, ...]) -> dict[str, np.ndarray] | None:
@@ -135,7 +123,9 @@ def download(urls: list[str] | str, dest: Path, check: Callable[[Path], None] | 
                 check(tmp)
 
         try:
-            return atomic_write(dest, write)
+            with metareg.atomic_output(dest) as tmp:
+                write(tmp)
+            return dest
         except metareg.DataError as exc:
             raise metareg.DataError(f"{exc} (downloaded from {url}; nothing was saved)") from None
         except (urllib.error.URLError, OSError, TimeoutError, ValueError) as exc:
