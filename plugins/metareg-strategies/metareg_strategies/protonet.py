@@ -17,17 +17,38 @@ class PrototypicalNetworks(metareg.Strategy):
 
     distance: 'euclidean' (squared Euclidean, as in the paper) or 'cosine'.
     temperature: logits are divided by this; for cosine a value around 0.1 trains better.
+    episodes_per_forward: episodes per backbone pass (training batch-norm statistics are taken over
+        each pass); 0 chooses by device: on a GPU the whole meta-batch, on a CPU as many episodes as
+        fit CPU_IMAGES_PER_FORWARD images (at least one).
     """
 
-    def __init__(self, distance: Distance = "euclidean", temperature: float = 1.0):
+    # On a 2-core CPU a 32-episode 5w5s15q pass (3,200 images: 640 MB of first-layer activations)
+    # ran at 0.63x learn2learn's one-episode loop, while 4 episodes per pass ran at 1.7x (paired,
+    # bench/bench_strategies.py; bench/README.md): activations that stay in cache beat one big pass.
+    CPU_IMAGES_PER_FORWARD = 400
+
+    def __init__(self, distance: Distance = "euclidean", temperature: float = 1.0, episodes_per_forward: int = 0):
         super().__init__()
         self.distance = one_of("prototypicalnetworks", "distance", distance, Distance)
         self.temperature = positive("prototypicalnetworks", "temperature", temperature)
+        if isinstance(episodes_per_forward, bool) or not isinstance(episodes_per_forward, int) \
+                or episodes_per_forward < 0:
+            raise metareg.OptionError("prototypicalnetworks: episodes_per_forward must be a whole number >= 0 "
+                                      f"(0 chooses by device), got {episodes_per_forward!r}")
+        self.episodes_per_forward = episodes_per_forward
+
+    def chunk(self, images: torch.Tensor) -> int:
+        """Episodes per backbone pass for ``(B, N, C, H, W)`` images."""
+        if self.episodes_per_forward:
+            return self.episodes_per_forward
+        if images.device.type != "cpu":
+            return images.shape[0]
+        return max(1, self.CPU_IMAGES_PER_FORWARD // images.shape[1])
 
     def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
         # Support and query through the backbone in one pass: one batch-norm batch, one kernel launch per layer.
         both = torch.cat([episodes.support, episodes.query], 1)
-        features = self.embed(both).float()
+        features = torch.cat([self.embed(part) for part in both.split(self.chunk(both))]).float()
         n_support = episodes.support.shape[1]
         support, query = features[:, :n_support], features[:, n_support:]
         prototypes = metareg.class_means(support, episodes.support_labels, episodes.ways)
