@@ -30,7 +30,7 @@ class Resolved:
 
     def build(self, **injected):
         kwargs = bind(self.factory, self.options, component=f"{kinds.get(self.kind).singular} {self.name!r}",
-                      injected=injected)
+                      injected=injected, kind=self.kind)
         try:
             return self.factory(**kwargs)
         except MetaregError:
@@ -61,7 +61,7 @@ def resolve(registry: Registry, kind: str, name: str, options: dict[str, Any]) -
         ) from exc
     resolved = Resolved(kind, provided.record.name, provided, factory, dict(options))
     # Validate option names and types now, before any data is loaded.
-    bind(factory, resolved.options, component=f"{kinds.get(kind).singular} {provided.record.name!r}")
+    bind(factory, resolved.options, component=f"{kinds.get(kind).singular} {provided.record.name!r}", kind=kind)
     return resolved
 
 
@@ -126,7 +126,7 @@ def with_component_defaults(config: RunConfig, registry: Registry | None = None)
     components = resolve_all(config, registry)
     changes = {}
     for kind, resolved in vars(components).items():
-        given = bind(resolved.factory, resolved.options, component=f"{kind} {resolved.name!r}")
-        shown = {o.name: o.default for o in describe(resolved.factory) if not o.required} | given
+        given = bind(resolved.factory, resolved.options, component=f"{kind} {resolved.name!r}", kind=resolved.kind)
+        shown = {o.name: o.default for o in describe(resolved.factory, kind=resolved.kind) if not o.required} | given
         changes[kinds.get(kind).options_field] = {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
     return config.replace(**changes)

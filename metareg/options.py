@@ -17,11 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
-from metareg import legacy_names
+from metareg import kinds, legacy_names
 from metareg.errors import OptionError
 
-# Keyword arguments the core fills in from the dataset; users never set them.
-INJECTED = ("channels", "image_size")
 _MISSING = inspect.Parameter.empty
 
 
@@ -95,16 +93,21 @@ def _param_help(factory: Callable) -> dict[str, str]:
     return helps
 
 
-def describe(factory: Callable, hide: tuple[str, ...] = INJECTED) -> list[Option]:
-    """The user-settable options of ``factory``, in signature order."""
+def describe(factory: Callable, *, kind: str | kinds.Kind | None = None) -> list[Option]:
+    """The user-settable options of ``factory``, in signature order.
+
+    ``kind`` is the kind of the record the factory comes from: the keyword arguments the core
+    fills in for that kind (:attr:`metareg.kinds.Kind.injected`, e.g. a backbone's ``channels``)
+    are not options. A dataset's are: its ``image_size`` is the user's to set. Without a kind,
+    every keyword argument is an option.
+    """
+    hide = kinds.get(kind).injected if kind is not None else ()
     target = _target(factory)
     sig = inspect.signature(target)
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # noqa: BLE001 - unresolved forward references: fall back to text
         hints = {}
-    if getattr(hints.get("return"), "__name__", None) == "FewShotDataset":
-        hide = ()  # nothing is injected into a dataset: its channels / image_size are the user's options
     helps = _param_help(factory)
     options = []
     for p in sig.parameters.values():
@@ -195,13 +198,14 @@ def parse_assignments(pairs: typing.Iterable[str], what: str) -> dict[str, str]:
     return out
 
 
-def bind(factory: Callable, given: dict[str, Any], *, component: str, injected: dict[str, Any] | None = None):
-    """Validate and convert ``given`` against ``factory``'s options.
+def bind(factory: Callable, given: dict[str, Any], *, component: str, injected: dict[str, Any] | None = None,
+         kind: str | kinds.Kind | None = None):
+    """Validate and convert ``given`` against ``factory``'s options (see :func:`describe` for ``kind``).
 
     Returns the keyword arguments to call ``factory`` with (defaults filled in,
     ``injected`` values added where the factory accepts them).
     """
-    options = {o.name: o for o in describe(factory)}
+    options = {o.name: o for o in describe(factory, kind=kind)}
     given = legacy_names.rename(given, set(options), legacy_names.OPTIONS, component, OptionError)
     unknown = [k for k in given if k not in options]
     if unknown:

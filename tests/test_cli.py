@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 import metareg
@@ -130,3 +131,42 @@ def test_list_is_fast_and_light():
            "print('HEAVY', [m for m in ('torch', 'pytorch_lightning', 'kornia') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "HEAVY []" in out.stdout, out.stdout[-500:] + out.stderr[-2000:]
+
+
+def _plain_patterns(*, classes: int = 12, image_size: int = 28, channels: int = 1, seed: int = 0):
+    """Random patterns, written as a plain function: no return annotation.
+
+    classes: number of classes.
+    image_size: height and width in pixels.
+    channels: 1 (grey) or 3 (colour).
+    seed: seeds the images.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(classes).repeat_interleave(4)
+    images = torch.randint(0, 256, (len(labels), channels, image_size, image_size), generator=g, dtype=torch.uint8)
+    return metareg.FewShotDataset.from_arrays(images, labels, name="plainpatterns", seed=seed)
+
+
+class _PlainDatasetPlugin:
+    @metareg.hookimpl
+    def metareg_datasets(self):
+        yield metareg.DatasetSpec("plainpatterns", _plain_patterns, summary="Random patterns, unannotated factory")
+
+
+def test_a_dataset_factory_without_a_return_annotation_keeps_its_image_size_option():
+    # The kind comes from the record: a dataset's channels and image_size are the user's options whatever the
+    # factory's annotations say (once decided by the annotation's class name, which silently dropped them).
+    from metareg.plugins import load_plugins, set_plugins
+
+    set_plugins(load_plugins(extra=[("plainplugin", _PlainDatasetPlugin())]))
+    info = invoke("info", "dataset", "plainpatterns", "--json")
+    assert info.exit_code == 0, info.output
+    assert [o["name"] for o in json.loads(info.output)["options"]] == ["classes", "image_size", "channels", "seed"]
+    shown = invoke("run", "--dataset", "plainpatterns", "--dataset-opt", "image_size=16", "--print-config")
+    assert shown.exit_code == 0, shown.output
+    assert yaml.safe_load(shown.output)["dataset_options"]["image_size"] == 16
+    # A backbone's are filled in from the dataset: never its options.
+    backbone = json.loads(invoke("info", "backbone", "conv4", "--json").output)
+    assert not {"channels", "image_size"} & {o["name"] for o in backbone["options"]}

@@ -182,7 +182,7 @@ def test_records_are_complete_and_options_documented(kind):
         except Exception as exc:  # noqa: BLE001
             problems.append(f"{where}: factory {p.record.factory_ref} cannot be imported: {exc}")
             continue
-        for option in describe(factory):
+        for option in describe(factory, kind=kind):
             if not option.help:
                 problems.append(f"{where}: option {option.name!r} has no `{option.name}: help` line in the docstring")
             if option.type is inspect.Parameter.empty:

@@ -131,7 +131,7 @@ def info_cmd(kind: str, name: str, as_json: bool) -> None:
             f"{of_kind.singular} {entry.record.name!r} from {entry.plugin.label} cannot be imported: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    options = describe(factory)
+    options = describe(factory, kind=of_kind)
     if as_json:
         doc = _component_dict(entry) | {
             "kind": entry.kind,
