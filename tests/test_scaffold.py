@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from metareg import kinds
 from metareg.cli import cli
 from metareg.scaffold import KIND_CHOICES, ScaffoldError, render, validate_name
 
-ALL_HOOKS = {"metareg_backbones", "metareg_datasets", "metareg_transforms", "metareg_strategies"}
+ALL_HOOKS = {kind.hook for kind in kinds.ALL}
 
 
 def _metareg_cmd() -> list[str]:
@@ -83,6 +84,18 @@ def test_plugin_module_imports_only_metareg(tmp_path):
     assert imported == ["metareg"]
     hooks = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert hooks == ALL_HOOKS
+
+
+@pytest.mark.parametrize("kind", kinds.ALL, ids=lambda k: k.singular)
+def test_every_kind_has_an_example_registered_through_its_hook_and_checked_by_its_check(kind, tmp_path):
+    result = CliRunner().invoke(cli, ["new-plugin", "one", "--kind", kind.singular, "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "metareg-one"
+    tree = ast.parse((root / "metareg_one" / "plugin.py").read_text())
+    assert [n.name for n in tree.body if isinstance(n, ast.FunctionDef)] == [kind.hook]
+    assert f"metareg.{kind.spec}(" in ast.unparse(tree)
+    tests = (root / "tests" / "test_plugin.py").read_text()
+    assert f"from metareg.testing import {kind.check}\n" in tests and f"{kind.check}(" in tests.split("import", 3)[-1]
 
 
 def test_kind_selects_components(tmp_path):
