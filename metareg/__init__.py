@@ -37,6 +37,8 @@ _LAZY = {
     "EpochHook": "metareg.protocols",
     "Pretrained": "metareg.protocols",
     "DatasetInfo": "metareg.dataset_info",
+    "Pretraining": "metareg.pretraining",
+    "pretraining_options": "metareg.pretraining",
     "EpisodeBatch": "metareg.episodes",
     "EpisodeSampler": "metareg.episodes",
     "FewShotDataset": "metareg.splits",

@@ -1,20 +1,17 @@
 """What every first-party backbone shares: feature size, pretrained weights, fine-tuning schedules.
 
-Fine-tuning schedules (Flash's ``finetune`` strategies):
+The options (``pretrained``, ``pretrained_on``, ``finetune``, ``unfreeze_epoch``) and the
+meaning of each schedule are the core's :class:`metareg.Pretraining` group; factories take
+them through ``@metareg.pretraining_options``. This module carries them out:
 
-* ``no_freeze``: every parameter trains from the first step.
-* ``freeze``: the backbone never trains: ``requires_grad`` is off for all its
-  parameters and its BatchNorm layers stay in eval mode, so their running
-  statistics stay those of the pretrained weights (a frozen layer that kept
-  updating its statistics would drift away from the weights it was trained with).
-* ``freeze_unfreeze``: as ``freeze`` until the training epoch ``unfreeze_epoch``
-  (0-based), then as ``no_freeze``.
-
-The core calls :meth:`Backbone.metareg_epoch_start` at the start of every training
-epoch. The state depends only on the epoch number, so resuming mid-schedule from a
-checkpoint lands in the right state. The optimiser must be given *all* backbone
-parameters (frozen ones included) for ``freeze_unfreeze`` to train them once they
-are unfrozen; optimisers skip parameters whose ``grad`` is ``None``.
+* ``freeze`` turns ``requires_grad`` off for every parameter and keeps the BatchNorm layers
+  in eval mode, so their running statistics stay those of the pretrained weights (a frozen
+  layer that kept updating its statistics would drift away from the weights it was trained with).
+* The core calls :meth:`Backbone.metareg_epoch_start` (the :class:`metareg.EpochHook` of the
+  Backbone protocol) at the start of every training epoch. The state depends only on the epoch
+  number, so resuming mid-schedule from a checkpoint lands in the right state. The optimiser
+  must be given *all* backbone parameters (frozen ones included) for ``freeze_unfreeze`` to
+  train them once they are unfrozen; optimisers skip parameters whose ``grad`` is ``None``.
 
 No ``channels_last`` option: bench/bench_backbones.py showed no reliable gain from
 it on CPU, and bf16 autocast was slower than fp32 on CPUs without bf16 units
@@ -22,26 +19,17 @@ it on CPU, and bf16 autocast was slower than fp32 on CPUs without bf16 units
 """
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
 import metareg
 
-Finetune = Literal["no_freeze", "freeze", "freeze_unfreeze"]
-FINETUNE_CHOICES = ("no_freeze", "freeze", "freeze_unfreeze")
-
 
 class Backbone(nn.Module):
-    """Base class: maps ``(N, C, H, W)`` images to ``(N, out_features)``.
-
-    Attributes the core may read:
+    """Base class: maps ``(N, C, H, W)`` images to ``(N, out_features)``; a :class:`metareg.Backbone`.
 
     * ``out_features``: the feature size D.
-    * ``pretrained_on``: what the loaded weights were trained on (``"imagenet"``,
-      ...), or ``None`` when the backbone starts from random weights. The core warns
-      when ``"imagenet"`` weights meet miniImageNet or tieredImageNet, whose test
-      classes are ImageNet classes.
+    * ``pretrained_on``: what the loaded weights were trained on (``"imagenet"``, ...), or ``None``
+      when the backbone starts from random weights (:class:`metareg.Pretrained`).
     * ``pretrained_from``: the file the weights came from, or ``None``.
     """
 
@@ -51,23 +39,18 @@ class Backbone(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.finetune: str = "no_freeze"
-        self.unfreeze_epoch: int = 0
+        self.pretraining = metareg.Pretraining()
         self.frozen: bool = False
 
     # -- fine-tuning schedule -------------------------------------------------
-    def set_finetune(self, finetune: str, unfreeze_epoch: int) -> None:
-        check_finetune(finetune, unfreeze_epoch)
-        self.finetune = finetune
-        self.unfreeze_epoch = unfreeze_epoch
-        self._set_frozen(finetune in ("freeze", "freeze_unfreeze"))
+    def set_pretraining(self, pretraining: metareg.Pretraining) -> None:
+        self.pretraining = pretraining
+        self._set_frozen(pretraining.frozen_at(None))
 
     def metareg_epoch_start(self, epoch: int) -> None:
         """Apply the fine-tuning schedule for training epoch ``epoch`` (0-based)."""
-        if self.finetune == "freeze_unfreeze":
-            self._set_frozen(epoch < self.unfreeze_epoch)
-        elif self.finetune == "freeze":
-            self._set_frozen(True)
+        if self.pretraining.finetune != "no_freeze":
+            self._set_frozen(self.pretraining.frozen_at(epoch))
 
     def _set_frozen(self, frozen: bool) -> None:
         self.frozen = frozen
@@ -84,38 +67,21 @@ class Backbone(nn.Module):
         return self
 
 
-def check_finetune(finetune: str, unfreeze_epoch: int) -> None:
-    if finetune not in FINETUNE_CHOICES:
-        raise metareg.OptionError(f"finetune: {finetune!r} is not one of {', '.join(FINETUNE_CHOICES)}")
-    if unfreeze_epoch < 0:
-        raise metareg.OptionError(f"unfreeze_epoch must be >= 0, got {unfreeze_epoch}")
-
-
-def finish(
-    model: Backbone,
-    *,
-    name: str,
-    pretrained: str | None,
-    pretrained_on: str | None,
-    finetune: str,
-    unfreeze_epoch: int,
-) -> Backbone:
+def finish(model: Backbone, *, name: str, pretraining: metareg.Pretraining) -> Backbone:
     """Load weights and set the fine-tuning schedule: the common tail of every factory."""
     from metareg_backbones.pretrained import load_pretrained
 
-    check_finetune(finetune, unfreeze_epoch)
-    if finetune != "no_freeze" and pretrained is None:
+    pretraining.check(name)
+    if pretraining.finetune != "no_freeze" and pretraining.pretrained is None:
         # Not an error (a frozen random backbone is a valid, if odd, baseline) but rarely meant.
         import warnings
 
         warnings.warn(
-            f"{name}: finetune={finetune!r} without pretrained weights freezes a randomly initialised backbone; "
-            f"set pretrained=PATH_OR_NAME or finetune=no_freeze",
-            stacklevel=3,
+            f"{name}: finetune={pretraining.finetune!r} without pretrained weights freezes a randomly initialised "
+            f"backbone; set pretrained=PATH_OR_NAME or finetune=no_freeze",
+            stacklevel=4,  # the caller of the factory, through @metareg.pretraining_options
         )
-    if pretrained is not None:
-        load_pretrained(model, pretrained, name=name, pretrained_on=pretrained_on)
-    elif pretrained_on is not None:
-        raise metareg.OptionError(f"{name}: pretrained_on={pretrained_on!r} needs pretrained=PATH_OR_NAME")
-    model.set_finetune(finetune, unfreeze_epoch)
+    if pretraining.pretrained is not None:
+        load_pretrained(model, pretraining.pretrained, name=name, pretrained_on=pretraining.pretrained_on)
+    model.set_pretraining(pretraining)
     return model

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import metareg
-from metareg_backbones.base import Backbone, Finetune, finish
+from metareg_backbones.base import Backbone, finish
 
 
 def _block(cin: int, cout: int, downsample: str | None) -> nn.Sequential:
@@ -55,6 +55,7 @@ class Conv4(Backbone):
         return x.mean((2, 3)) if self.pooled else x.flatten(1)
 
 
+@metareg.pretraining_options
 def conv4(
     *,
     channels: int = 3,
@@ -63,10 +64,7 @@ def conv4(
     layers: int = 4,
     pooled: bool = False,
     downsample: Literal["maxpool", "stride"] = "maxpool",
-    pretrained: str | None = None,
-    pretrained_on: str | None = None,
-    finetune: Finetune = "no_freeze",
-    unfreeze_epoch: int = 10,
+    pretraining: metareg.Pretraining,
 ) -> nn.Module:
     """Conv-4 backbone: `layers` blocks of 3x3 conv, batch norm, ReLU and 2x2 max-pool.
 
@@ -75,46 +73,32 @@ def conv4(
     pooled: average-pool the last feature map to `hidden` features instead of flattening it
         (flattened: 64 features on 28x28 Omniglot, 1600 on 84x84 miniImageNet).
     downsample: how each block halves the map: 2x2 max-pool (ProtoNets) or a stride-2 conv (MAML's Omniglot net).
-    pretrained: weights to start from: a file path, or a file name in the metareg weights cache
-        ($METAREG_CACHE_DIR/weights or the user cache dir); never downloaded.
-    pretrained_on: what the weights were trained on (e.g. imagenet); default: from the file or its name.
-    finetune: no_freeze trains everything; freeze keeps the backbone frozen (BatchNorm statistics too);
-        freeze_unfreeze keeps it frozen until epoch `unfreeze_epoch`.
-    unfreeze_epoch: the training epoch (0-based) at which freeze_unfreeze unfreezes the backbone.
     """
     if hidden < 1 or layers < 1:
         raise metareg.OptionError(f"conv4: hidden and layers must be positive, got hidden={hidden}, layers={layers}")
     if downsample not in ("maxpool", "stride"):
         raise metareg.OptionError(f"conv4: downsample must be maxpool or stride, got {downsample!r}")
     model = Conv4(channels, image_size, hidden, layers, pooled, downsample)
-    return finish(model, name="conv4", pretrained=pretrained, pretrained_on=pretrained_on, finetune=finetune,
-                  unfreeze_epoch=unfreeze_epoch)
+    return finish(model, name="conv4", pretraining=pretraining)
 
 
+@metareg.pretraining_options
 def conv4_omniglot(
     *,
     channels: int = 1,
     image_size: int = 28,
     hidden: int = 64,
     layers: int = 4,
-    pretrained: str | None = None,
-    pretrained_on: str | None = None,
-    finetune: Finetune = "no_freeze",
-    unfreeze_epoch: int = 10,
+    pretraining: metareg.Pretraining,
 ) -> nn.Module:
     """MAML's Omniglot Conv-4: stride-2 3x3 convs with batch norm and ReLU, last map averaged to `hidden` features.
 
     hidden: filters per conv layer (64 in MAML).
     layers: number of conv blocks.
-    pretrained: weights to start from: a file path, or a file name in the metareg weights cache; never downloaded.
-    pretrained_on: what the weights were trained on; default: read from the file or guessed from its name.
-    finetune: no_freeze, freeze (backbone and its BatchNorm statistics fixed) or freeze_unfreeze.
-    unfreeze_epoch: the training epoch (0-based) at which freeze_unfreeze unfreezes the backbone.
     """
     if hidden < 1 or layers < 1:
         raise metareg.OptionError(
             f"conv4-omniglot: hidden and layers must be positive, got hidden={hidden}, layers={layers}"
         )
     model = Conv4(channels, image_size, hidden, layers, pooled=True, downsample="stride")
-    return finish(model, name="conv4-omniglot", pretrained=pretrained, pretrained_on=pretrained_on,
-                  finetune=finetune, unfreeze_epoch=unfreeze_epoch)
+    return finish(model, name="conv4-omniglot", pretraining=pretraining)

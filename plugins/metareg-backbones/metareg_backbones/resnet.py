@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import metareg
-from metareg_backbones.base import Backbone, Finetune, finish
+from metareg_backbones.base import Backbone, finish
 
 
 class ResNetTrunk(Backbone):
@@ -60,16 +60,14 @@ def _stage(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(BasicBlock(cin, cout, stride, down), BasicBlock(cout, cout))
 
 
+@metareg.pretraining_options
 def resnet18(
     *,
     channels: int = 3,
     image_size: int = 84,
     small_input: bool | None = None,
     width: int = 64,
-    pretrained: str | None = None,
-    pretrained_on: str | None = None,
-    finetune: Finetune = "no_freeze",
-    unfreeze_epoch: int = 10,
+    pretraining: metareg.Pretraining,
 ) -> nn.Module:
     """ResNet-18 from torchvision, trunk only: 512-d average-pooled features; weights never downloaded.
 
@@ -77,18 +75,10 @@ def resnet18(
         ImageNet weights need the 7x7 stem (small_input=false).
     width: channels of the first stage, doubled at each of the next three (64 is torchvision's ResNet-18,
         512 features); smaller values give a cheaper network with 8*width features.
-    pretrained: weights to start from: a file path, or a file name in the metareg weights cache
-        ($METAREG_CACHE_DIR/weights or the user cache dir), e.g. torchvision's resnet18-f37072fd.pth.
-    pretrained_on: what the weights were trained on; default: read from the file or guessed from its name
-        (torchvision's file names mean imagenet).
-    finetune: no_freeze trains everything; freeze keeps the backbone frozen (BatchNorm statistics too);
-        freeze_unfreeze keeps it frozen until epoch `unfreeze_epoch`.
-    unfreeze_epoch: the training epoch (0-based) at which freeze_unfreeze unfreezes the backbone.
     """
     if small_input is None:
         small_input = image_size <= 32
     if width < 8 or width % 8:
         raise metareg.OptionError(f"resnet18: width must be a positive multiple of 8, got {width}")
     model = ResNetTrunk(channels, small_input, width)
-    return finish(model, name="resnet18", pretrained=pretrained, pretrained_on=pretrained_on, finetune=finetune,
-                  unfreeze_epoch=unfreeze_epoch)
+    return finish(model, name="resnet18", pretraining=pretraining)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg_backbones.base import Backbone, Finetune, finish
+from metareg_backbones.base import Backbone, finish
 
 
 class DropBlock(nn.Module):
@@ -111,6 +111,7 @@ class ResNet12(Backbone):
         return x.mean(dim=(-2, -1)) if self.pooled else x.flatten(1)
 
 
+@metareg.pretraining_options
 def resnet12(
     *,
     channels: int = 3,
@@ -120,10 +121,7 @@ def resnet12(
     drop_rate: float = 0.0,
     drop_block: bool = True,
     block_size: int = 5,
-    pretrained: str | None = None,
-    pretrained_on: str | None = None,
-    finetune: Finetune = "no_freeze",
-    unfreeze_epoch: int = 10,
+    pretraining: metareg.Pretraining,
 ) -> nn.Module:
     """ResNet-12 (MetaOptNet, Lee et al. 2019): 4 residual blocks of 3 conv3x3-BN-LeakyReLU, 640-d features.
 
@@ -133,12 +131,6 @@ def resnet12(
         and dropout in the first two. Under torch.func.vmap it needs randomness="different" or "same".
     drop_block: use DropBlock in the last two blocks (false: plain dropout everywhere).
     block_size: DropBlock square size (5 in MetaOptNet; clipped to the feature map).
-    pretrained: weights to start from: a file path, or a file name in the metareg weights cache
-        ($METAREG_CACHE_DIR/weights or the user cache dir); never downloaded.
-    pretrained_on: what the weights were trained on (e.g. imagenet); default: from the file or its name.
-    finetune: no_freeze trains everything; freeze keeps the backbone frozen (BatchNorm statistics too);
-        freeze_unfreeze keeps it frozen until epoch `unfreeze_epoch`.
-    unfreeze_epoch: the training epoch (0-based) at which freeze_unfreeze unfreezes the backbone.
     """
     widths = tuple(widths)
     if not widths or any(int(w) < 1 for w in widths):
@@ -148,5 +140,4 @@ def resnet12(
     if block_size < 1:
         raise metareg.OptionError(f"resnet12: block_size must be >= 1, got {block_size}")
     model = ResNet12(channels, image_size, tuple(int(w) for w in widths), pooled, drop_rate, drop_block, block_size)
-    return finish(model, name="resnet12", pretrained=pretrained, pretrained_on=pretrained_on, finetune=finetune,
-                  unfreeze_epoch=unfreeze_epoch)
+    return finish(model, name="resnet12", pretraining=pretraining)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg_backbones.base import Backbone, Finetune, finish
+from metareg_backbones.base import Backbone, finish
 
 
 class WideBlock(nn.Module):
@@ -55,6 +55,7 @@ class WideResNet(Backbone):
         return F.relu(self.bn(x)).mean(dim=(-2, -1))
 
 
+@metareg.pretraining_options
 def wrn28(
     *,
     channels: int = 3,
@@ -62,22 +63,13 @@ def wrn28(
     depth: int = 28,
     widen_factor: int = 10,
     drop_rate: float = 0.0,
-    pretrained: str | None = None,
-    pretrained_on: str | None = None,
-    finetune: Finetune = "no_freeze",
-    unfreeze_epoch: int = 10,
+    pretraining: metareg.Pretraining,
 ) -> nn.Module:
     """Wide ResNet WRN-28-10: pre-activation blocks, widths 160-320-640, 640-d average-pooled features.
 
     depth: total depth, 6n+4 (28: four blocks per group; 16 and 10 are smaller variants).
     widen_factor: width multiplier k (10: 640 features; 2 is a cheap variant with 128).
     drop_rate: dropout between the two convs of each block (0 to disable); needs randomness="different" under vmap.
-    pretrained: weights to start from: a file path, or a file name in the metareg weights cache
-        ($METAREG_CACHE_DIR/weights or the user cache dir); never downloaded.
-    pretrained_on: what the weights were trained on (e.g. imagenet); default: from the file or its name.
-    finetune: no_freeze trains everything; freeze keeps the backbone frozen (BatchNorm statistics too);
-        freeze_unfreeze keeps it frozen until epoch `unfreeze_epoch`.
-    unfreeze_epoch: the training epoch (0-based) at which freeze_unfreeze unfreezes the backbone.
     """
     if depth < 10 or (depth - 4) % 6:
         raise metareg.OptionError(f"wrn28: depth must be 6n+4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
@@ -86,5 +78,4 @@ def wrn28(
     if not 0.0 <= drop_rate < 1.0:
         raise metareg.OptionError(f"wrn28: drop_rate must be in [0, 1), got {drop_rate}")
     model = WideResNet(channels, depth, widen_factor, drop_rate)
-    return finish(model, name="wrn28", pretrained=pretrained, pretrained_on=pretrained_on, finetune=finetune,
-                  unfreeze_epoch=unfreeze_epoch)
+    return finish(model, name="wrn28", pretraining=pretraining)
