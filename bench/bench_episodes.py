@@ -16,14 +16,17 @@ NWays / KShots / LoadData / RemapLabels / ConsecutiveLabels, then the support/qu
 split. When learn2learn is not importable only metareg's figures are printed, with the
 ratio against the figure recorded in shared/bench/README.md (clearly marked).
 
-Usage: python bench/bench_episodes.py [--zip PATH] [--seconds 2] [--rounds 3] [--tasks 32] [--threads 1]
+Both libraries are timed paired and interleaved in one process (bench/paired.py): the
+lines give the median of per-pair ratios with a bootstrap 95 % interval, rates beside them.
+
+Usage: python bench/bench_episodes.py [--zip PATH | --synthetic] [--pairs 30] [--tasks 32] [--threads 1]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,25 +35,16 @@ import torch
 import metareg
 from metareg.episodes import EpisodeSampler, episode_labels, generator, split_episodes
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import Side, paired  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("METAREG_SHARED", ROOT.parent / "shared"))
-REFERENCE_L2L_EPS = 242.0  # shared/bench/README.md, 2-core CPU, same loop (used only without learn2learn)
-REFERENCE_L2L_INDEX_S = 5.0
-
-
-def timed(step, seconds: float) -> tuple[float, float]:
-    """Steps per wall-clock second and per CPU second of this process.
-
-    On a shared machine the wall-clock rate also measures how often the scheduler
-    lets us run; the CPU-time rate (one torch thread) counts only the work done.
-    """
-    for _ in range(5):
-        step()
-    n, t0, c0 = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - t0 < seconds:
-        step()
-        n += 1
-    return n / (time.perf_counter() - t0), n / max(time.process_time() - c0, 1e-9)
+def synthetic(classes: int = 100, per_class: int = 20):
+    """Random uint8 images shaped like Omniglot's, for dry runs without the data."""
+    g = torch.Generator().manual_seed(0)
+    x_u8 = torch.randint(0, 256, (classes * per_class, 1, 28, 28), dtype=torch.uint8, generator=g)
+    return x_u8, torch.arange(classes).repeat_interleave(per_class), [f"c{i}" for i in range(classes)], 0.0
 
 
 def load_omniglot(path: Path):
@@ -142,12 +136,11 @@ def l2l_step(x, y, ways, shots, queries):
     return getattr(l2l, "__version__", "?"), index_s, one
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--zip", type=Path, default=SHARED / "data" / "omniglot" / "images_background.zip")
-    ap.add_argument("--seconds", type=float, default=2.0, help="seconds per measurement per round")
-    ap.add_argument("--rounds", type=int, default=3,
-                    help="measurements alternate between the libraries this many times; medians are reported")
+    ap.add_argument("--synthetic", action="store_true", help="random Omniglot-shaped images (no data needed)")
+    ap.add_argument("--pairs", type=int, default=30, help="timed pairs per comparison")
     ap.add_argument("--tasks", type=int, default=32)
     ap.add_argument("--ways", type=int, default=5)
     ap.add_argument("--shots", type=int, default=5)
@@ -155,72 +148,39 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch intra-op threads for both libraries (episode tensors are tiny: extra threads only "
                          "add synchronisation, badly so on a busy machine)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    if not a.zip.is_file():
-        raise SystemExit(f"Omniglot background zip not found at {a.zip} (pass --zip or set METAREG_SHARED)")
+    if not a.synthetic and not a.zip.is_file():
+        raise SystemExit(f"Omniglot background zip not found at {a.zip} (pass --zip, set METAREG_SHARED "
+                         "or use --synthetic)")
     torch.manual_seed(0)
-    x_u8, y, classes, load_s = load_omniglot(a.zip)
+    x_u8, y, classes, load_s = synthetic() if a.synthetic else load_omniglot(a.zip)
     x = x_u8.float().div(255)  # what the reference script feeds both loops
     cfg = f"{a.ways}-way {a.shots}-shot {a.queries}-query"
-    print(f"Omniglot background: {len(y)} images, {len(classes)} classes, 28x28 (loaded in {load_s:.2f} s, "
-          f"decoded once then cached); {cfg}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); "
-          f"{a.rounds} rounds x {a.seconds:g} s per measurement; load average {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs")
+    print(f"# bench_episodes: {'synthetic' if a.synthetic else 'Omniglot background'}: {len(y)} images, "
+          f"{len(classes)} classes, 28x28 (loaded in {load_s:.2f} s); {cfg}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     m_index, steps = metareg_steps(x, x_u8, y, classes, a.ways, a.shots, a.queries, a.tasks)
     try:
         version, l_index, l_one = l2l_step(x, y, a.ways, a.shots, a.queries)
-        steps["l2l_one"] = (l_one, 1)
-        measured = True
     except ImportError as exc:
-        print(f"learn2learn is NOT importable ({exc}); comparing with the figures recorded in "
-              "shared/bench/README.md instead (not measured in this run)")
-        version, l_index, measured = "recorded", REFERENCE_L2L_INDEX_S, False
-    rates: dict[str, list[float]] = {k: [] for k in steps}
-    cpu_rates: dict[str, list[float]] = {k: [] for k in steps}
-    for _ in range(a.rounds):  # alternate, so a change in machine load hits both libraries alike
-        for name, (step, per) in steps.items():
-            wall, cpu = timed(step, a.seconds)
-            rates[name].append(wall * per)
-            cpu_rates[name].append(cpu * per)
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    cpu_med = {k: statistics.median(v) for k, v in cpu_rates.items()}
-    m = {"index_s": m_index, **{k: v for k, v in med.items() if k != "l2l_one"}}
-    ref = {"version": version, "index_s": l_index,
-           "eps_one": med["l2l_one"] if measured else REFERENCE_L2L_EPS}
-    tag = f"learn2learn {ref['version']}" + ("" if measured else " (recorded, not measured)")
-    rows = [
-        ("indexing (s)", f"{m['index_s']:.4f}", f"{ref['index_s']:.3f}",
-         f"{ref['index_s'] / m['index_s']:.0f}x faster"),
-        ("episodes/s, one at a time", f"{m['eps_one']:.0f}", f"{ref['eps_one']:.0f}",
-         f"{m['eps_one'] / ref['eps_one']:.1f}x"),
-        ("  same, uint8 store + float", f"{m['eps_one_uint8']:.0f}", "",
-         f"{m['eps_one_uint8'] / ref['eps_one']:.1f}x"),
-        ("  same, gather then split", f"{m['eps_one_split_after']:.0f}", "",
-         f"{m['eps_one_split_after'] / ref['eps_one']:.1f}x"),
-        (f"episodes/s, {a.tasks} per draw", f"{m['eps_batched']:.0f}", "",
-         f"{m['eps_batched'] / ref['eps_one']:.1f}x"),
-    ]
-    width = max(len(r[0]) for r in rows)
-    print(f"{'':{width}}  {'metareg':>10}  {tag:>12}  ratio")
-    for r in rows:
-        print(f"{r[0]:{width}}  {r[1]:>10}  {r[2]:>12}  {r[3]}")
-    if measured:
-        per_round = [f"{mr / lr:.1f}x" for mr, lr in zip(rates["eps_one"], rates["l2l_one"], strict=True)]
-        print(f"one-at-a-time ratio per round: {', '.join(per_round)}")
-    if measured:
-        print("per CPU second of this process (excludes waiting for a busy machine's cores):")
-        for k, label in [("eps_one", "one at a time"), ("eps_one_uint8", "  uint8 store + float"),
-                         ("eps_one_split_after", "  gather then split"), ("eps_batched", f"{a.tasks} per draw")]:
-            print(f"  {label:26s} metareg {cpu_med[k]:8.0f}  learn2learn {cpu_med['l2l_one']:6.0f}  "
-                  f"ratio {cpu_med[k] / cpu_med['l2l_one']:.1f}x")
-    ok_speed = m["eps_one"] >= 20 * ref["eps_one"]
-    ok_index = m["index_s"] < 0.5
-    print(f"targets: >= 20x learn2learn episodes/s (one at a time): {'met' if ok_speed else 'NOT met'}; "
-          f"indexing < 0.5 s: {'met' if ok_index else 'NOT met'}")
-    print(json.dumps({"metareg": m, "learn2learn": ref, "l2l_measured": measured, "config": cfg,
-                      "ratio_one": m["eps_one"] / ref["eps_one"], "ratio_batched": m["eps_batched"] / ref["eps_one"],
-                      "rounds": rates, "cpu_rounds": cpu_rates}))
+        print(f"Sampling episodes/s: no ratio (learn2learn is not importable: {exc})")
+        return
+    print(f"# indexing: metareg {m_index:.4f} s, learn2learn {version} {l_index:.3f} s "
+          f"({l_index / m_index:.0f}x faster)")
+    rows = [("eps_one", "Sampling episodes/s"), ("eps_one_uint8", "Sampling episodes/s, uint8 store + float"),
+            ("eps_one_split_after", "Sampling episodes/s, gather then split"),
+            ("eps_batched", f"Sampling episodes/s, {a.tasks} per draw")]
+    results = {}
+    for key, what in rows:
+        step, per = steps[key]
+        results[key] = paired(Side("metareg", step, per), Side("learn2learn", l_one, 1), pairs=a.pairs, warmup=5)
+        print(results[key].summary(what, "episodes/s"), flush=True)
+    one = results["eps_one"]
+    print(f"targets: >= 20x learn2learn episodes/s (one at a time): {'met' if one.ratio >= 20 else 'NOT met'}; "
+          f"indexing < 0.5 s: {'met' if m_index < 0.5 else 'NOT met'}")
+    print(json.dumps({"config": cfg, "index_s": {"metareg": m_index, "learn2learn": l_index},
+                      **{k: r.as_dict() for k, r in results.items()}}))
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ def _turn(side: Side, sync: Callable[[], object]) -> float:
 
 
 def paired(a: Side, b: Side, *, pairs: int = 20, seconds: float | None = None, min_pairs: int = 5,
-           warmup: int = 1, balance: bool = True, max_repeat: int = 64,
+           warmup: int = 1, balance: bool = True, max_repeat: int = 1000,
            sync: Callable[[], object] = lambda: None) -> Paired:
     """Time ``a`` against ``b`` in alternating turns; stop after ``pairs`` pairs or, when ``seconds``
     is given, once that much time has passed and at least ``min_pairs`` pairs are in.
@@ -112,8 +112,9 @@ def paired(a: Side, b: Side, *, pairs: int = 20, seconds: float | None = None, m
         for _ in range(warmup):
             side.step()
         sync()
-    if balance:
-        ta, tb = _turn(Side(a.name, a.step), sync), _turn(Side(b.name, b.step), sync)
+    if balance:  # the median of three single calls each: one call alone can land on a busy moment
+        ta = statistics.median(_turn(Side(a.name, a.step), sync) for _ in range(3))
+        tb = statistics.median(_turn(Side(b.name, b.step), sync) for _ in range(3))
         if ta < tb:
             a.repeat = max(1, min(max_repeat, round(tb / max(ta, 1e-9))))
         else:
