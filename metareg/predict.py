@@ -14,26 +14,18 @@ model's channels (``L`` or ``RGB``, transparency flattened onto white), cropped 
 their centre square when not square, resized to the model's ``image_size``, scaled to
 ``[0, 1]``, inverted when the training data stored ink as bright pixels on dark
 background while files show dark strokes on white, then ``transform.evaluate``.
-What the dataset did is read from the checkpoint (the dataset's ``FewShotDataset.info``,
-saved under ``meta["data"]["info"]``):
-
-- ``info["invert"]`` (bool, default False): the dataset stored ``255 - pixel`` of its
-  files (Omniglot PNGs are black on white, metareg stores ink as 255);
-- ``info["resample"]`` (PIL filter name, default ``"bilinear"``; ``"box"`` for omniglot);
-- ``info["crop"]`` (``"center"``, the default, or ``"none"`` to stretch non-square images).
-
-``invert`` can be overridden (``--invert/--no-invert``).
+What the dataset did is read from the checkpoint: the dataset's :class:`metareg.DatasetInfo`
+(``invert``, ``resample``, ``crop``), saved under ``meta["data"]["info"]``. ``invert`` can be
+overridden (``--invert/--no-invert``).
 
 Every input is checked (folders, class counts, every image decoded) before any
-model work starts; problems raise :class:`metareg.DataError` naming the file.
+model work starts (:mod:`metareg.predict_inputs`); problems raise :class:`metareg.DataError`
+naming the file. The support state can be cached (:mod:`metareg.support_cache`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,156 +34,18 @@ import torch
 
 from metareg.dataset_info import saved_info
 from metareg.errors import CheckpointError, DataError, OptionError
-from metareg.images import IMAGE_SUFFIXES, open_image, to_square_uint8
-from metareg.images import is_image_file as _is_image_file
+from metareg.predict_inputs import (
+    collect_queries,
+    describe_item,
+    expand_queries,
+    load_image,
+    read_support_folder,
+    support_items,
+)
+from metareg.support_cache import cache_key, file_digest, read_cache, weights_digest, write_cache
 
-CACHE_FORMAT = "metareg-support-cache"
-CACHE_VERSION = 1
-
-
-# ---------------------------------------------------------------------------- inputs
-
-
-def _images_under(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.rglob("*") if _is_image_file(p)
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)),
-                  key=lambda p: p.relative_to(folder).as_posix())
-
-
-def read_support_folder(root: str | os.PathLike) -> dict[str, list[Path]]:
-    """``{class name: image files}`` from ``ROOT/<class>/<image>`` (classes sorted by name).
-
-    Counts per class may differ. Refuses a missing folder, loose images beside the
-    class folders, an empty class folder and fewer than two classes.
-    """
-    root = Path(root)
-    layout = "a folder with one subfolder of images per class: SUPPORT/<class>/<image>"
-    if not root.exists():
-        raise DataError(f"support folder {str(root)!r} does not exist; pass {layout}")
-    if not root.is_dir():
-        raise DataError(f"support path {str(root)!r} is a file, not a folder; pass {layout}")
-    loose = sorted(p.name for p in root.iterdir() if _is_image_file(p))
-    if loose:
-        raise DataError(
-            f"support folder {str(root)!r} has images directly inside it ({', '.join(loose[:3])}"
-            f"{', ...' if len(loose) > 3 else ''}); move each image into the subfolder of its class: {layout}"
-        )
-    folders = sorted((d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
-    classes = {}
-    for d in folders:
-        files = _images_under(d)
-        if not files:
-            raise DataError(
-                f"support class folder {str(d)!r} has no images (looked for {', '.join(IMAGE_SUFFIXES)}); "
-                "add at least one image of the class or remove the folder"
-            )
-        classes[d.name] = files
-    _check_class_count(classes, f"support folder {str(root)!r}")
-    return classes
-
-
-def _check_class_count(classes: Mapping[str, Any], where: str) -> None:
-    if len(classes) < 2:
-        found = f" ({', '.join(map(repr, classes))})" if classes else ""
-        raise DataError(
-            f"{where} has {len(classes)} class{'' if len(classes) == 1 else 'es'}{found}; few-shot prediction "
-            "needs at least 2 classes to choose between: add a subfolder of images for each other class"
-        )
-
-
-def collect_queries(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Query image files from files and folders (folders are searched recursively, sorted)."""
-    out: list[Path] = []
-    for p in paths:
-        p = Path(p)
-        if not p.exists():
-            raise DataError(f"query path {str(p)!r} does not exist; pass image files or folders of images")
-        if p.is_dir():
-            files = _images_under(p)
-            if not files:
-                raise DataError(f"query folder {str(p)!r} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
-            out.extend(files)
-        else:
-            out.append(p)
-    if not out:
-        raise DataError("no query images given; pass image files or folders of images")
-    return out
-
-
-def _tensor_to_uint8(x: torch.Tensor, channels: int, size: int, name: str, resample: str, crop: str) -> torch.Tensor:
-    """A tensor image goes through PIL like a file, so it is resized exactly as files are."""
-    from PIL import Image
-
-    x = torch.as_tensor(x).detach().cpu()
-    if x.dim() == 2:
-        x = x.unsqueeze(0)
-    if x.dim() != 3 or x.shape[0] not in (1, 3, 4):
-        raise DataError(f"{name}: an image tensor must be (H, W) or (C, H, W) with 1, 3 or 4 channels, "
-                        f"got shape {tuple(x.shape)}")
-    if x.is_floating_point():
-        x = (x.float().clamp(0, 1) * 255).round()
-    x = x.to(torch.uint8).permute(1, 2, 0).numpy()
-    image = Image.fromarray(x[:, :, 0] if x.shape[2] == 1 else x)  # L, RGB or RGBA
-    return to_square_uint8(image, channels, size, resample, crop, name)
-
-
-def load_image(item: Any, channels: int, image_size: int, name: str | None = None,
-               resample: str = "bilinear", crop: str = "center") -> torch.Tensor:
-    """One image (a path, a PIL image, or a tensor/array in [0, 1] or uint8) as uint8 ``(C, S, S)``."""
-    from PIL import Image
-
-    if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        if not path.is_file():
-            raise DataError(f"image {str(path)!r} does not exist")
-        return to_square_uint8(open_image(path), channels, image_size, resample, crop, str(path))
-    if isinstance(item, Image.Image):
-        return to_square_uint8(item, channels, image_size, resample, crop, name or "image")
-    if isinstance(item, torch.Tensor) or hasattr(item, "__array__"):
-        return _tensor_to_uint8(torch.as_tensor(item), channels, image_size, name or "image", resample, crop)
-    raise DataError(f"{name or 'image'}: cannot use a {type(item).__name__} as an image; "
-                    "pass a file path, a PIL image or a tensor")
-
-
-def _describe(item: Any, index: int) -> str:
-    return os.fspath(item) if isinstance(item, (str, os.PathLike)) else f"<{type(item).__name__} #{index}>"
-
-
-def _fingerprint(item: Any) -> str:
-    """What identifies a support item for the cache: a file's path, size and modification time."""
-    from PIL import Image
-
-    if isinstance(item, (str, os.PathLike)):
-        st = Path(item).stat()
-        return f"file:{Path(item).resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    h = hashlib.blake2b(digest_size=16)
-    if isinstance(item, Image.Image):
-        h.update(f"{item.mode}{item.size}".encode())
-        h.update(item.tobytes())
-    else:
-        t = torch.as_tensor(item).detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return "data:" + h.hexdigest()
-
-
-def _weights_digest(*modules) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for module in modules:
-        for name, value in module.state_dict().items():
-            h.update(name.encode())
-            flat = value.detach().cpu().contiguous().reshape(-1)
-            h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    return h.hexdigest()
-
-
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
+# What `from metareg.predict import ...` offers: the classifier, and the input readers the CLI and users call.
+__all__ = ["FewShotClassifier", "Prediction", "collect_queries", "load_image", "read_support_folder"]
 
 # ---------------------------------------------------------------------------- results
 
@@ -287,7 +141,7 @@ class FewShotClassifier:
 
     def load_images(self, items: Sequence[Any], names: Sequence[str] | None = None) -> torch.Tensor:
         """Decode and resize every item to uint8 ``(N, C, S, S)``; the first bad one raises DataError."""
-        names = names or [_describe(x, i) for i, x in enumerate(items)]
+        names = names or [describe_item(x, i) for i, x in enumerate(items)]
         out = torch.empty(len(items), self.channels, self.image_size, self.image_size, dtype=torch.uint8)
         for i, (item, name) in enumerate(zip(items, names, strict=True)):
             out[i] = load_image(item, self.channels, self.image_size, name, self.resample, self.crop)
@@ -311,12 +165,12 @@ class FewShotClassifier:
         cache: a file for the strategy's support state; reused when the support files (path,
         size, modification time), the model and the preparation are unchanged, rebuilt otherwise.
         """
-        classes, items = _support_items(support)
+        classes, items = support_items(support)
         labels = torch.tensor([c for c, xs in enumerate(items.values()) for _ in xs], dtype=torch.long)
         flat = [x for xs in items.values() for x in xs]
         key = self._cache_key(classes, items) if cache is not None else None
         if cache is not None:
-            state = _read_cache(Path(cache), key, classes)
+            state = read_cache(Path(cache), key, classes)
             if state is not None:
                 self.classes, self.fitted_from_cache = classes, True
                 self.state = {k: v.to(self.device) for k, v in state.items()}
@@ -327,20 +181,14 @@ class FewShotClassifier:
         self.state = {k: v.detach() for k, v in state.items()}
         self.classes, self.fitted_from_cache = classes, False
         if cache is not None:
-            _write_cache(Path(cache), key, classes, self.state)
+            write_cache(Path(cache), key, classes, self.state)
         return self
 
     def _cache_key(self, classes: list[str], items: Mapping[str, Sequence[Any]]) -> str:
-        h = hashlib.blake2b(digest_size=20)
         if self.digest is None:  # the model file's content, hashed only when a cache is used
-            self.digest = file_digest(self.source) if self.source else _weights_digest(self.strategy, self.transform)
-        parts = [CACHE_FORMAT, CACHE_VERSION, self.digest, self.strategy_name,
-                 self.channels, self.image_size, self.invert, self.resample, self.crop, json.dumps(classes)]
-        h.update(repr(parts).encode())
-        for name, xs in items.items():
-            for x in xs:
-                h.update(f"{name}\0{_fingerprint(x)}\n".encode())
-        return h.hexdigest()
+            self.digest = file_digest(self.source) if self.source else weights_digest(self.strategy, self.transform)
+        settings = [self.strategy_name, self.channels, self.image_size, self.invert, self.resample, self.crop]
+        return cache_key(self.digest, settings, classes, items)
 
     def predict_logits(self, images: Sequence[Any] | torch.Tensor, *, batch_size: int | None = None) -> torch.Tensor:
         """Logits ``(N, classes)`` for images (paths, PIL images, tensors, or a uint8 batch ``(N, C, S, S)``)."""
@@ -351,7 +199,7 @@ class FewShotClassifier:
                                                                                  self.image_size)
             batch = images if ready else self.load_images(list(images))
         else:
-            batch = self.load_images(_expand(images))
+            batch = self.load_images(expand_queries(images))
         size = batch_size or self.batch_size
         ways = len(self.classes)
         out = []
@@ -367,11 +215,11 @@ class FewShotClassifier:
 
     def predict(self, images, *, batch_size: int | None = None) -> list[Prediction]:
         """One :class:`Prediction` per image; folders among ``images`` expand to their image files."""
-        items = _expand(images) if not (isinstance(images, torch.Tensor) and images.dim() == 4) else list(images)
+        items = expand_queries(images) if not (isinstance(images, torch.Tensor) and images.dim() == 4) else list(images)
         probs = self.predict_proba(items, batch_size=batch_size)
         return [
             Prediction(self.classes[int(p.argmax())], {c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                       _describe(item, i))
+                       describe_item(item, i))
             for i, (item, p) in enumerate(zip(items, probs, strict=True))
         ]
 
@@ -388,68 +236,13 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _expand(images) -> list[Any]:
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
-    out = []
-    for item in images:
-        if isinstance(item, (str, os.PathLike)):
-            p = Path(item)
-            if p.is_dir():
-                out.extend(collect_queries([p]))
-                continue
-            if not p.exists():
-                raise DataError(f"query path {str(p)!r} does not exist; pass image files or folders of images")
-        out.append(item)
-    return out
-
-
-def _support_items(support) -> tuple[list[str], dict[str, list[Any]]]:
-    if isinstance(support, (str, os.PathLike)):
-        items: dict[str, list[Any]] = dict(read_support_folder(support))
-    elif isinstance(support, Mapping):
-        items = {}
-        for name, xs in support.items():
-            if isinstance(xs, (str, os.PathLike)) or not isinstance(xs, Sequence) and not hasattr(xs, "__iter__"):
-                xs = [xs]
-            xs = list(xs)
-            if not xs:
-                raise DataError(f"support class {str(name)!r} has no images; give at least one image per class")
-            items[str(name)] = xs
-        _check_class_count(items, "support set")
-    else:
-        raise DataError(f"support must be a folder path or a mapping {{class name: [images]}}, "
-                        f"got {type(support).__name__}")
-    return list(items), items
-
-
-# ---------------------------------------------------------------------------- the support cache
-
-
-def _read_cache(path: Path, key: str, classes: list[str]) -> dict[str, torch.Tensor] | None:
-    if not path.is_file():
-        return None
-    from safetensors import SafetensorError, safe_open
-
+def _device(device: str | torch.device) -> torch.device:
     try:
-        with safe_open(os.fspath(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != CACHE_FORMAT:
-                raise ValueError("not a metareg support cache")
-            if meta.get("key") != key or json.loads(meta.get("classes", "[]")) != classes:
-                return None  # another support set, model or preparation: recompute
-            return {k: fh.get_tensor(k) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        warnings.warn(f"metareg: support cache {str(path)!r} is unreadable ({exc}); recomputing it",
-                      RuntimeWarning, stacklevel=3)
-        return None
-
-
-def _write_cache(path: Path, key: str, classes: list[str], state: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save
-
-    from metareg.files import atomic_write
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    meta = {"format": CACHE_FORMAT, "version": str(CACHE_VERSION), "key": key, "classes": json.dumps(classes)}
-    atomic_write(path, save(tensors, metadata=meta))
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise OptionError(f"device {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise OptionError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    return dev

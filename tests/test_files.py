@@ -166,9 +166,9 @@ def _dataset_cache(path: Path, data: bytes):
 def _support_cache(path: Path, data: bytes):
     import torch
 
-    from metareg.predict import _write_cache
+    from metareg.support_cache import write_cache
 
-    _write_cache(path, "key", ["a", "b"], {"prototypes": torch.frombuffer(bytearray(data), dtype=torch.uint8)})
+    write_cache(path, "key", ["a", "b"], {"prototypes": torch.frombuffer(bytearray(data), dtype=torch.uint8)})
 
 
 WRITERS = {
