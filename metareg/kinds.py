@@ -47,14 +47,26 @@ class Kind:
 
 _FROM_DATASET = ("channels", "image_size")
 
-DATASET = Kind("datasets", "dataset", "DatasetSpec", "metareg_datasets", "dataset", "dataset_options",
-               "--dataset-opt", (), "check_dataset")
-BACKBONE = Kind("backbones", "backbone", "BackboneSpec", "metareg_backbones", "backbone", "backbone_options",
-                "--backbone-opt", _FROM_DATASET, "check_backbone")
-TRANSFORM = Kind("transforms", "transform", "TransformSpec", "metareg_transforms", "transform", "transform_options",
-                 "--transform-opt", _FROM_DATASET, "check_transform")
-STRATEGY = Kind("strategies", "strategy", "StrategySpec", "metareg_strategies", "strategy", "strategy_options",
-                "--strategy-opt", (), "check_strategy")
+DATASET = Kind(
+    plural="datasets", singular="dataset", spec="DatasetSpec", hook="metareg_datasets",
+    config_field="dataset", options_field="dataset_options", cli_flag="--dataset-opt",
+    injected=(), check="check_dataset",
+)
+BACKBONE = Kind(
+    plural="backbones", singular="backbone", spec="BackboneSpec", hook="metareg_backbones",
+    config_field="backbone", options_field="backbone_options", cli_flag="--backbone-opt",
+    injected=_FROM_DATASET, check="check_backbone",
+)
+TRANSFORM = Kind(
+    plural="transforms", singular="transform", spec="TransformSpec", hook="metareg_transforms",
+    config_field="transform", options_field="transform_options", cli_flag="--transform-opt",
+    injected=_FROM_DATASET, check="check_transform",
+)
+STRATEGY = Kind(
+    plural="strategies", singular="strategy", spec="StrategySpec", hook="metareg_strategies",
+    config_field="strategy", options_field="strategy_options", cli_flag="--strategy-opt",
+    injected=(), check="check_strategy",  # a strategy learns the image shape from TaskInfo in setup()
+)
 
 # In the order of a run (data, features, augmentation, algorithm): RunConfig's fields, summary.json, --help.
 ALL: tuple[Kind, ...] = (DATASET, BACKBONE, TRANSFORM, STRATEGY)
