@@ -73,7 +73,7 @@ def render(name: str, kinds: tuple[str, ...]) -> dict[str, str]:
         "tests/test_plugin.py": _tests_module(chosen),
     }
     for kind in chosen:
-        files[f"{pkg}/{EXAMPLES[kind].module}.py"] = EXAMPLES[kind].source
+        files[f"{pkg}/{kind.plural}.py"] = EXAMPLES[kind].source
     return {path: string.Template(text).substitute(values) for path, text in files.items()}
 
 
@@ -92,7 +92,7 @@ def _plugin_module(chosen: list[Kind]) -> str:
             f"def {kind.hook}():\n"
             f"    yield metareg.{kind.spec}(\n"
             f'        "$name-{example.suffix}",\n'
-            f'        "$pkg.{example.module}:{example.attr}",\n'
+            f'        "$pkg.{kind.plural}:{example.attr}",\n'
             f'        summary="{example.summary}",\n'
             + (f"        provides={{{provides}}},\n" if provides else "")
             + "    )\n"

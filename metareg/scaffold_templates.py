@@ -16,10 +16,9 @@ class Example:
     """The example component of one kind."""
 
     suffix: str  # the component is registered as "$name-<suffix>"
-    module: str  # written to $pkg/<module>.py
-    attr: str  # the factory in that module
+    attr: str  # the factory in $pkg/<kind, plural>.py
     summary: str
-    source: str  # the module's text
+    source: str  # the text of $pkg/<kind, plural>.py
     tests: str  # appended to tests/test_plugin.py
     provides: tuple[str, ...] = ()  # capabilities the record declares
 
@@ -296,7 +295,7 @@ def test_strategy_contract():
 # In the order new-plugin writes them (and offers them in --kind).
 EXAMPLES: dict[kinds.Kind, Example] = {
     kinds.BACKBONE: Example(
-        "cnn", "backbones", "small_cnn",
+        "cnn", "small_cnn",
         "Example: small conv net, conv-BN-ReLU-maxpool blocks and global average pooling",
         _BACKBONE, _BACKBONE_TESTS,
         # The example CNN's forward is a pure function of its parameters, so MAML's torch.func inner
@@ -304,17 +303,17 @@ EXAMPLES: dict[kinds.Kind, Example] = {
         provides=("functional",),
     ),
     kinds.DATASET: Example(
-        "patterns", "datasets", "patterns",
+        "patterns", "patterns",
         "Example: synthetic 4x4 binary patterns upscaled, one pattern per class",
         _DATASET, _DATASET_TESTS,
     ),
     kinds.TRANSFORM: Example(
-        "jitter", "transforms", "jitter",
+        "jitter", "jitter",
         "Example: random horizontal flip and brightness jitter",
         _TRANSFORM, _TRANSFORM_TESTS,
     ),
     kinds.STRATEGY: Example(
-        "cosine", "strategies", "CosinePrototypes",
+        "cosine", "CosinePrototypes",
         "Example: cosine similarity to class-mean prototypes with a learnable scale",
         _STRATEGY, _STRATEGY_TESTS,
     ),
