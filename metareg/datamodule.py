@@ -5,18 +5,44 @@ Every batch is a pure function of (seed, split, epoch, index), so:
   epoch (Lightning's distributed sampler hands ranks disjoint indices ``i``);
 - validation and test episodes are fixed by the seed: episode ``j`` is the same for
   every strategy, run and world size, so accuracies compare episode by episode.
-Images stay uint8 until the Lightning module moves them to the device.
+Images stay uint8 until the Lightning module moves them to the device. Each batch is a record
+that carries what it is: :class:`~metareg.episodes.SampledEpisodes` (with the geometry of the
+sampler that drew them) or :class:`LabelledImages`, per the strategy's :class:`TrainBatches`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from metareg.config import RunConfig
-from metareg.episodes import EpisodeSampler, generator
+from metareg.episodes import EpisodeSampler, SampledEpisodes, generator
 from metareg.errors import ConfigError, DataError
 from metareg.splits import ClassSplit, FewShotDataset
+from metareg.strategy import TrainBatches
+
+
+@dataclass
+class LabelledImages:
+    """A plain training batch: images ``(N, C, H, W)`` (uint8 as drawn, floats once prepared) and
+    their training-class labels ``(N,)``, for strategies with ``TrainBatches.LABELLED``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self):
+        if self.images.dim() != 4 or tuple(self.labels.shape) != (self.images.shape[0],):
+            raise ValueError(f"labelled batch: {tuple(self.labels.shape)} labels for images "
+                             f"{tuple(self.images.shape)}; expected (N,) labels for (N, C, H, W) images")
+
+    def to(self, device) -> LabelledImages:
+        return LabelledImages(self.images.to(device), self.labels.to(device))
+
+    def prepared(self, transform=None) -> LabelledImages:
+        images = self.images.float().div_(255)
+        return LabelledImages(images if transform is None else transform(images), self.labels)
 
 
 class TrainEpisodes(Dataset):
@@ -32,13 +58,13 @@ class TrainEpisodes(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> SampledEpisodes:
         gen = generator(self.seed, "train", self.epoch, i)
         if self.pool is None:
             index = self.sampler.sample(self.batch, gen)
         else:
             index = self.pool[torch.randint(len(self.pool), (self.batch,), generator=gen)]
-        return {"images": self.split.images.gather(index)}
+        return SampledEpisodes(self.split.images.gather(index), self.sampler.geometry)
 
 
 class LabelledBatches(Dataset):
@@ -51,10 +77,10 @@ class LabelledBatches(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int) -> LabelledImages:
         gen = generator(self.seed, "labelled", self.epoch, i)
         index = torch.randint(len(self.split), (self.batch,), generator=gen)
-        return {"images": self.split.images.gather(index), "labels": self.split.labels[index]}
+        return LabelledImages(self.split.images.gather(index), self.split.labels[index])
 
 
 class FixedEpisodes(Dataset):
@@ -67,11 +93,11 @@ class FixedEpisodes(Dataset):
     def __len__(self) -> int:
         return -(-self.count // self.batch)
 
-    def __getitem__(self, k: int) -> dict:
+    def __getitem__(self, k: int) -> SampledEpisodes:
         ids = torch.arange(k * self.batch, min((k + 1) * self.batch, self.count))
         # One generator per episode: episode j never depends on batching or world size.
         index = torch.cat([self.sampler.sample(1, generator(self.seed, self.stream, int(j))) for j in ids])
-        return {"images": self.split.images.gather(index), "episode_ids": ids}
+        return SampledEpisodes(self.split.images.gather(index), self.sampler.geometry, ids)
 
 
 def _unbatch(items):
@@ -80,9 +106,10 @@ def _unbatch(items):
 
 
 class EpisodeDataModule(pl.LightningDataModule):
-    def __init__(self, dataset: FewShotDataset, config: RunConfig, *, labelled: bool = False):
+    def __init__(self, dataset: FewShotDataset, config: RunConfig, *,
+                 train_batches: TrainBatches = TrainBatches.EPISODES):
         super().__init__()
-        self.dataset, self.config, self.labelled = dataset, config, labelled
+        self.dataset, self.config, self.train_batches = dataset, config, TrainBatches(train_batches)
         self.train_sampler: EpisodeSampler | None = None
         self.eval_samplers: dict[str, EpisodeSampler] = {}
         self.train_set: Dataset | None = None
@@ -93,7 +120,7 @@ class EpisodeDataModule(pl.LightningDataModule):
         for name in splits:
             if len(data.split(name)) == 0:
                 raise DataError(f"dataset {data.name!r}: the {name} split has no images")
-        if "train" in splits and not self.labelled:
+        if "train" in splits and self.train_batches is TrainBatches.EPISODES:
             self.train_sampler = EpisodeSampler(data.train.labels, data.train.classes, ways=c.ways,
                                                 shots=c.shots, queries=c.queries, split="train")
         for name in splits:
@@ -111,8 +138,8 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         c = self.config
-        if self.train_set is None:
-            if self.labelled:
+        if self.train_set is None and stage in ("fit", None):  # evaluation alone needs no training draws
+            if self.train_batches is TrainBatches.LABELLED:
                 per_step = c.meta_batch_size * c.ways * (c.shots + c.queries)
                 self.train_set = LabelledBatches(self.dataset.train, length=c.epoch_length, batch=per_step, seed=c.seed)
             else:

@@ -5,6 +5,10 @@ then one ``topk`` over random keys: ``(B, ways, shots + queries)`` sample indice
 Every draw is a pure function of ``(seed, stream, numbers...)`` so training
 batches, validation and test episodes are reproducible, identical across
 strategies, and independent of how many processes share the work.
+
+The sampler's :class:`EpisodeGeometry` travels with each batch it draws
+(:class:`SampledEpisodes`); :meth:`EpisodeBatch.from_uint8` is the one place where
+support is split from query and labels are made.
 """
 from __future__ import annotations
 
@@ -27,6 +31,40 @@ def generator(*parts) -> torch.Generator:
     return torch.Generator().manual_seed(stream_seed(*parts))
 
 
+def _geometry_problem(ways, shots, queries) -> str | None:
+    for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            return f"{name} must be a positive integer, got {value!r}"
+    if ways < 2:
+        return f"ways must be at least 2 for a classification episode, got {ways}"
+    return None
+
+
+@dataclass(frozen=True)
+class EpisodeGeometry:
+    """The shape of an N-way episode: ``ways`` classes, ``shots`` support and ``queries`` query
+    images per class. The sampler that draws episodes owns it and ships it with every batch, so
+    whoever splits support from query reads it from the batch, never from the run's settings."""
+
+    ways: int
+    shots: int
+    queries: int
+
+    def __post_init__(self):
+        problem = _geometry_problem(self.ways, self.shots, self.queries)
+        if problem is not None:
+            raise DataError(f"episode geometry: {problem}")
+        for name in ("ways", "shots", "queries"):
+            object.__setattr__(self, name, int(getattr(self, name)))  # numpy integers -> int
+
+    @property
+    def per_class(self) -> int:
+        return self.shots + self.queries
+
+    def __str__(self) -> str:
+        return f"{self.ways}-way {self.shots}-shot {self.queries}-query"
+
+
 @dataclass
 class EpisodeBatch:
     """A batch of ``B`` episodes, images already on the device as floats.
@@ -42,28 +80,99 @@ class EpisodeBatch:
     query: torch.Tensor  # (B, Q, C, H, W)
     query_labels: torch.Tensor | None  # (B, Q), None when predicting
     ways: int
+    #: Which fixed evaluation episodes these are, ``(B,)``; None for training and prediction
+    #: batches. The core's bookkeeping: strategies need not look at it.
+    episode_ids: torch.Tensor | None = None
+
+    def __post_init__(self):
+        # Shapes only (no device sync): a support/query split that disagrees with its labels would
+        # otherwise train on silently mislabelled images.
+        b, s = self.support.shape[:2]
+        problems = []
+        if tuple(self.support_labels.shape) != (b, s):
+            problems.append(f"support_labels {tuple(self.support_labels.shape)} for support "
+                            f"{tuple(self.support.shape)}")
+        if self.query.shape[0] != b:
+            problems.append(f"query {tuple(self.query.shape)} for {b} episodes of support")
+        if self.query_labels is not None and tuple(self.query_labels.shape) != tuple(self.query.shape[:2]):
+            problems.append(f"query_labels {tuple(self.query_labels.shape)} for query {tuple(self.query.shape)}")
+        if self.episode_ids is not None and tuple(self.episode_ids.shape) != (b,):
+            problems.append(f"episode_ids {tuple(self.episode_ids.shape)} for {b} episodes")
+        if problems:
+            raise ValueError("EpisodeBatch shapes disagree: " + "; ".join(problems))
 
     @property
     def meta_batch_size(self) -> int:
         return self.support.shape[0]
 
+    @classmethod
+    def from_uint8(cls, images: torch.Tensor, geometry: EpisodeGeometry, transform=None,
+                   episode_ids: torch.Tensor | None = None) -> EpisodeBatch:
+        """Episodes from ``(B, ways, shots + queries, C, H, W)`` uint8 images as the sampler draws them.
+
+        Images become floats in ``[0, 1]``; ``transform``, if given, runs once over all of the
+        batch's images (``(B * ways * n, C, H, W)``) before support and query are split by
+        ``geometry`` and labelled class-major: the one place where that split is made.
+        """
+        _check_images(images, geometry)
+        b, ways, n = images.shape[:3]
+        flat = images.float().div_(255).flatten(0, 2)
+        if transform is not None:
+            flat = transform(flat)
+        images = flat.view(b, ways, n, *flat.shape[1:])
+        support, query = split_episodes(images, geometry.shots)
+        return cls(support, episode_labels(b, ways, geometry.shots, images.device), query,
+                   episode_labels(b, ways, geometry.queries, images.device), ways, episode_ids)
+
     def to(self, device) -> EpisodeBatch:
-        ql = None if self.query_labels is None else self.query_labels.to(device)
-        return EpisodeBatch(
-            self.support.to(device), self.support_labels.to(device), self.query.to(device), ql, self.ways
-        )
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return EpisodeBatch(self.support.to(device), self.support_labels.to(device), self.query.to(device),
+                            move(self.query_labels), self.ways, move(self.episode_ids))
+
+
+def _check_images(images: torch.Tensor, geometry: EpisodeGeometry) -> None:
+    if images.dim() != 6 or tuple(images.shape[1:3]) != (geometry.ways, geometry.per_class):
+        raise ValueError(f"episode images of shape {tuple(images.shape)} do not match their {geometry} "
+                         f"geometry: expected (B, {geometry.ways}, {geometry.per_class}, C, H, W)")
+
+
+@dataclass
+class SampledEpisodes:
+    """What the datamodule ships for a batch of episodes: uint8 images ``(B, ways, shots + queries,
+    C, H, W)`` as drawn, the geometry they were drawn with, and (fixed evaluation episodes) their ids.
+
+    Images stay uint8 on the way to the device (a quarter of the bytes); :meth:`prepared` then
+    makes the :class:`EpisodeBatch` strategies receive.
+    """
+
+    images: torch.Tensor
+    geometry: EpisodeGeometry
+    episode_ids: torch.Tensor | None = None
+
+    def __post_init__(self):
+        _check_images(self.images, self.geometry)
+        if self.episode_ids is not None and tuple(self.episode_ids.shape) != (self.images.shape[0],):
+            raise ValueError(f"{len(self.episode_ids)} episode ids for {self.images.shape[0]} episodes")
+
+    def to(self, device) -> SampledEpisodes:
+        ids = None if self.episode_ids is None else self.episode_ids.to(device)
+        return SampledEpisodes(self.images.to(device), self.geometry, ids)
+
+    def prepared(self, transform=None) -> EpisodeBatch:
+        return EpisodeBatch.from_uint8(self.images, self.geometry, transform, self.episode_ids)
 
 
 class EpisodeSampler:
     """Draws ``ways``-way episodes of ``shots + queries`` samples per class from one split."""
 
     def __init__(self, labels: torch.Tensor, classes, *, ways: int, shots: int, queries: int, split: str):
-        for name, value in (("ways", ways), ("shots", shots), ("queries", queries)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-                raise DataError(f"{split}: {name} must be a positive integer, got {value!r}")
-        ways, shots, queries = int(ways), int(shots), int(queries)
-        if ways < 2:
-            raise DataError(f"{split}: ways must be at least 2 for a classification episode, got {ways}")
+        problem = _geometry_problem(ways, shots, queries)
+        if problem is not None:
+            raise DataError(f"{split}: {problem}")
+        self.geometry = EpisodeGeometry(ways, shots, queries)
+        ways, shots, queries = self.geometry.ways, self.geometry.shots, self.geometry.queries
         self.ways, self.shots, self.queries, self.split = ways, shots, queries, split
         labels = torch.as_tensor(labels, dtype=torch.long)
         counts = torch.bincount(labels, minlength=len(classes))

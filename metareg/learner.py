@@ -1,9 +1,10 @@
 """The one LightningModule: optimisation, devices and bookkeeping around a Strategy.
 
-Strategies supply the meta-learning math; this module turns uint8 batches into
-float episodes on the device, applies the transform (training) or its evaluation
-counterpart, steps the optimiser, gathers per-episode accuracies across processes
-and reseeds each epoch so that a resumed run ends where an uninterrupted one does.
+Strategies supply the meta-learning math; this module prepares the datamodule's uint8
+batch records on the device (floats, the transform in training or its evaluation
+counterpart, episodes split by the geometry they carry), steps the optimiser, gathers
+per-episode accuracies across processes and reseeds each epoch so that a resumed run
+ends where an uninterrupted one does.
 """
 from __future__ import annotations
 
@@ -18,11 +19,12 @@ import torch
 
 from metareg.checkpoint import payload
 from metareg.config import RunConfig
-from metareg.episodes import EpisodeBatch, episode_labels, split_episodes, stream_seed
+from metareg.datamodule import LabelledImages
+from metareg.episodes import EpisodeBatch, SampledEpisodes, stream_seed
 from metareg.errors import MetaregError
 from metareg.evaluation import write_episodes
 from metareg.protocols import start_epoch
-from metareg.strategy import Strategy, TaskInfo
+from metareg.strategy import Strategy, TaskInfo, TrainBatches
 from metareg.transform import Transform
 
 
@@ -52,6 +54,7 @@ class MetaLearner(pl.LightningModule):
         super().__init__()
         self.strategy, self.transform, self.config, self.task = strategy, transform, config, task
         self.dataset_name, self.dataset_info = dataset_name, dict(dataset_info or {})
+        self.train_batches = TrainBatches.of(strategy)
         self._eval_outputs: dict[str, list] = {}
         self.test_results: tuple[list[int], list[float]] | None = None
         self.report_dir = None  # where the first process writes test_episodes.csv
@@ -68,8 +71,8 @@ class MetaLearner(pl.LightningModule):
             self.strategy.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ batches
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        images = batch["images"].float().div_(255)
+    def on_after_batch_transfer(self, batch: SampledEpisodes | LabelledImages,
+                                dataloader_idx: int) -> EpisodeBatch | LabelledImages:
         training = self.trainer is not None and self.trainer.training
         if training:
             # The random state of every training step (augmentation, dropout) is a function of
@@ -78,29 +81,18 @@ class MetaLearner(pl.LightningModule):
             # restored state would drift; reseeding makes a resumed run end bit-for-bit where an
             # uninterrupted one ends, and keeps ranks' augmentations different.
             _reseed(stream_seed(self.config.seed, "step-rng", self.global_step, self.global_rank))
-        if "labels" in batch:  # labelled batch for supervised strategies
-            return {"images": self.transform(images) if training else self.transform.evaluate(images),
-                    "labels": batch["labels"]}
-        b, ways, n = images.shape[:3]
-        shots = self.config.shots if training else self.config.eval_shots
-        flat = images.flatten(0, 2)
-        flat = self.transform(flat) if training else self.transform.evaluate(flat)
-        images = flat.view(b, ways, n, *flat.shape[1:])
-        support, query = split_episodes(images, shots)
-        episodes = EpisodeBatch(
-            support=support,
-            support_labels=episode_labels(b, ways, shots, images.device),
-            query=query,
-            query_labels=episode_labels(b, ways, n - shots, images.device),
-            ways=ways,
-        )
-        out = {"episodes": episodes}
-        if "episode_ids" in batch:
-            out["episode_ids"] = batch["episode_ids"]
-        return out
+        return batch.prepared(self.transform if training else self.transform.evaluate)
 
     # ----------------------------------------------------------------- training
     def on_fit_start(self) -> None:
+        drawn = getattr(self.trainer.datamodule, "train_batches", self.train_batches)
+        if drawn != self.train_batches:
+            # A strategy factory that is a function hides its class's train_batches from the run's datamodule.
+            raise MetaregError(
+                f"the strategy's train_batches is {self.train_batches.value!r} but the run's datamodule draws "
+                f"{TrainBatches(drawn).value!r} batches; set train_batches on the factory the plugin registers "
+                "(a factory function hides its class's)"
+            )
         # DDP (wrapped just before this hook) all-reduces only the parameters that required
         # gradients when it was built; a finetune schedule that unfreezes the backbone later would
         # leave those gradients unsynchronised and the processes' weights would drift apart.
@@ -139,13 +131,13 @@ class MetaLearner(pl.LightningModule):
             train_set.epoch = self.current_epoch
         start_epoch(self.strategy.backbone, self.current_epoch)  # the Backbone protocol's optional EpochHook
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if "labels" in batch:
-            out = self.strategy.labelled_loss(batch["images"], batch["labels"])
-            size = batch["labels"].numel()
+    def training_step(self, batch: EpisodeBatch | LabelledImages, batch_idx: int) -> torch.Tensor:
+        if self.train_batches is TrainBatches.LABELLED:
+            out = self.strategy.labelled_loss(batch.images, batch.labels)
+            size = batch.labels.numel()
         else:
-            out = self.strategy.loss(batch["episodes"])
-            size = batch["episodes"].meta_batch_size
+            out = self.strategy.loss(batch)
+            size = batch.meta_batch_size
         if not torch.isfinite(out.loss):
             raise NonFiniteLoss(
                 f"training loss is {out.loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
@@ -198,13 +190,11 @@ class MetaLearner(pl.LightningModule):
             logits = self.strategy(episodes)
         return (logits.argmax(-1) == episodes.query_labels).float().mean(1).detach()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        acc = self._episode_accuracy(batch["episodes"])
-        self._eval_outputs.setdefault("validation", []).append((batch["episode_ids"], acc))
+    def validation_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        self._eval_outputs.setdefault("validation", []).append((batch.episode_ids, self._episode_accuracy(batch)))
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        acc = self._episode_accuracy(batch["episodes"])
-        self._eval_outputs.setdefault("test", []).append((batch["episode_ids"], acc))
+    def test_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
+        self._eval_outputs.setdefault("test", []).append((batch.episode_ids, self._episode_accuracy(batch)))
 
     def _gather(self, stage: str) -> tuple[list[int], list[float]]:
         """Per-episode accuracies from every process, de-duplicated (samplers pad the last ranks)."""

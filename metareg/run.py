@@ -172,6 +172,7 @@ class _Prepared:
         from metareg.plugins import get_plugins
         from metareg.registry import Registry
         from metareg.splits import FewShotDataset
+        from metareg.strategy import TrainBatches
 
         self.registry = registry or Registry(get_plugins())
         self.components = resolve_all(config, self.registry, dataset=dataset is None)
@@ -181,8 +182,8 @@ class _Prepared:
                 raise MetaregError(f"dataset {config.dataset!r} returned {type(dataset).__name__}, "
                                    "not a metareg.FewShotDataset")
         self.dataset = dataset
-        labelled = getattr(self.components.strategy.factory, "train_batches", "episodes") == "labelled"
-        self.datamodule = EpisodeDataModule(dataset, config, labelled=labelled)
+        self.datamodule = EpisodeDataModule(dataset, config,
+                                            train_batches=TrainBatches.of(self.components.strategy.factory))
         self.datamodule.check(splits)
         _seed_everything(config.seed)
         self.strategy, self.transform, self.task = build_model(
@@ -491,7 +492,7 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
             f"dataset {config.dataset!r} has {prepared_dataset.channels}x{prepared_dataset.image_size}px images but "
             f"the model was trained on {model.channels}x{model.image_size}px; set the dataset's image_size option"
         )
-    datamodule = EpisodeDataModule(prepared_dataset, config, labelled=True)
+    datamodule = EpisodeDataModule(prepared_dataset, config)
     datamodule.check(("test",))
     learner = MetaLearner(model.strategy, model.transform, config, model.task, config.dataset,
                           meta["data"].get("info", {}))

@@ -8,6 +8,7 @@ optimisers, distribution and checkpoints are the core's business.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -15,6 +16,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from metareg.episodes import EpisodeBatch
+from metareg.errors import PluginError
+
+
+class TrainBatches(StrEnum):
+    """What a strategy trains on, read once per run from its ``train_batches``.
+
+    ``EPISODES``: N-way episodes (:meth:`Strategy.loss`). ``LABELLED``: plain batches of
+    images with their training-class labels (:meth:`Strategy.labelled_loss`, a supervised
+    baseline). The datamodule draws, and the learner steps, according to this one value.
+    A ``StrEnum``, so a strategy may still say ``train_batches = "labelled"``.
+    """
+
+    EPISODES = "episodes"
+    LABELLED = "labelled"
+
+    @classmethod
+    def of(cls, strategy) -> TrainBatches:
+        """The mode of a strategy class or instance; an unknown value is refused, naming it."""
+        value = getattr(strategy, "train_batches", cls.EPISODES)
+        try:
+            return cls(value)
+        except ValueError:
+            name = getattr(strategy, "__name__", type(strategy).__name__)
+            raise PluginError(
+                f"strategy {name}: train_batches must be one of {', '.join(repr(m.value) for m in cls)}, "
+                f"got {value!r}; fix the strategy class"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -46,11 +74,12 @@ class Strategy(nn.Module):
     ``(B, queries_per_episode, episodes.ways)``, and may override ``setup`` to
     build heads once the backbone and task are known. ``self.training`` tells
     training from evaluation. Strategies that train on plain labelled batches
-    (a supervised baseline) set ``train_batches = "labelled"`` and implement
-    ``labelled_loss``.
+    (a supervised baseline) set ``train_batches = "labelled"`` (or
+    ``TrainBatches.LABELLED``) and implement ``labelled_loss``; they are still
+    evaluated on episodes.
     """
 
-    train_batches: ClassVar[str] = "episodes"
+    train_batches: ClassVar[TrainBatches | str] = TrainBatches.EPISODES
     #: True when evaluation needs gradients (inner-loop adaptation); the core
     #: then evaluates with autograd enabled.
     needs_grad_at_eval: ClassVar[bool] = False

@@ -1,13 +1,17 @@
-"""The episode sampler: shapes, class-major order, no repeats, reproducibility, validation errors."""
+"""The episode sampler: shapes, class-major order, no repeats, reproducibility, validation errors; the geometry
+that travels with each batch and the one place where support is split from query."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 import metareg
+import metareg.episodes
 from metareg.episodes import (
     EpisodeBatch,
+    EpisodeGeometry,
     EpisodeSampler,
+    SampledEpisodes,
     episode_labels,
     generator,
     split_episodes,
@@ -148,3 +152,98 @@ def test_non_positive_or_non_integer_values(field, value):
     kwargs[field] = value
     with pytest.raises(metareg.DataError, match=f"train: {field} must be"):
         EpisodeSampler(_labels([5] * 4), list("abcd"), split="train", **kwargs)
+
+
+# ---------------------------------------------------------------- the geometry travels with the batch
+def _numbered(labels, idx):
+    """uint8 images whose every pixel holds the sample index, gathered as the sampler's ``idx``."""
+    assert len(labels) < 256
+    return torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)[idx]
+
+
+@pytest.mark.parametrize("ways, shots, queries, message", [
+    (1, 1, 1, "ways must be at least 2"), (0, 1, 1, "ways must be a positive integer, got 0"),
+    (5, 0, 1, "shots must be a positive integer"), (5, 1.5, 1, "shots must be a positive integer, got 1.5"),
+    (5, 1, True, "queries must be a positive integer, got True"),
+])
+def test_a_geometry_no_episode_can_have_is_refused(ways, shots, queries, message):
+    with pytest.raises(metareg.DataError, match=f"episode geometry: {message}"):
+        EpisodeGeometry(ways, shots, queries)
+
+
+def test_the_sampler_ships_its_geometry_and_ints_are_plain():
+    import numpy as np
+
+    s = EpisodeSampler(_labels([6] * 4), list("abcd"), ways=np.int64(3), shots=2, queries=np.int32(1), split="train")
+    assert s.geometry == EpisodeGeometry(3, 2, 1) and type(s.geometry.ways) is int
+    assert s.geometry.per_class == 3 and str(s.geometry) == "3-way 2-shot 1-query"
+
+
+def test_from_uint8_splits_by_the_geometry_and_labels_class_major(sampler):
+    labels, s = sampler  # 5-way, 2 shots, 3 queries
+    idx = s.sample(4, generator("t", 5))
+    calls = []
+
+    def transform(x):
+        calls.append(tuple(x.shape))
+        return x * 2
+
+    batch = SampledEpisodes(_numbered(labels, idx), s.geometry, torch.arange(10, 14)).prepared(transform)
+    assert calls == [(4 * 5 * 5, 1, 2, 2)]  # one call over every image of the batch, before the split
+    assert batch.support.shape == (4, 10, 1, 2, 2) and batch.query.shape == (4, 15, 1, 2, 2)
+    assert batch.support.dtype == torch.float32 and batch.ways == 5
+    ids = (batch.support[..., 0, 0, 0] * 255 / 2).round().long()
+    qids = (batch.query[..., 0, 0, 0] * 255 / 2).round().long()
+    assert torch.equal(ids, idx[:, :, :2].flatten(1)) and torch.equal(qids, idx[:, :, 2:].flatten(1))
+    assert torch.equal(batch.support_labels, episode_labels(4, 5, 2))
+    assert torch.equal(batch.query_labels, episode_labels(4, 5, 3))
+    assert batch.episode_ids.tolist() == [10, 11, 12, 13]
+    for b in range(4):  # label k is the k-th sampled class, in support and query alike
+        for k in range(5):
+            assert (labels[ids[b][batch.support_labels[b] == k]] == labels[idx[b, k, 0]]).all()
+            assert (labels[qids[b][batch.query_labels[b] == k]] == labels[idx[b, k, 0]]).all()
+
+
+def test_images_drawn_with_another_geometry_are_refused(sampler):
+    labels, s = sampler
+    images = _numbered(labels, s.sample(2, generator("t", 6)))  # (2, 5, 5, 1, 2, 2)
+    with pytest.raises(ValueError, match=r"\(2, 5, 5, 1, 2, 2\) do not match their 5-way 1-shot 3-query geometry"):
+        SampledEpisodes(images, EpisodeGeometry(5, 1, 3))
+    with pytest.raises(ValueError, match=r"do not match their 4-way 2-shot 3-query"):
+        EpisodeBatch.from_uint8(images, EpisodeGeometry(4, 2, 3))
+    with pytest.raises(ValueError, match="3 episode ids for 2 episodes"):
+        SampledEpisodes(images, s.geometry, torch.arange(3))
+    assert SampledEpisodes(images, s.geometry).prepared().support.shape == (2, 10, 1, 2, 2)
+
+
+def _split_one_too_far(images, shots):
+    return images[:, :, : shots + 1].flatten(1, 2), images[:, :, shots + 1:].flatten(1, 2)
+
+
+def _labels_one_short(count, ways, per_class, device=None):
+    return torch.arange(ways, device=device).repeat_interleave(per_class)[1:].expand(count, -1)
+
+
+@pytest.mark.parametrize("name, mutant", [("split_episodes", _split_one_too_far),
+                                          ("episode_labels", _labels_one_short)])
+def test_a_split_that_disagrees_with_its_labels_is_caught(sampler, monkeypatch, name, mutant):
+    labels, s = sampler
+    images = _numbered(labels, s.sample(2, generator("t", 7)))
+    assert EpisodeBatch.from_uint8(images, s.geometry).support.shape[1] == 10  # the real split passes
+    monkeypatch.setattr(metareg.episodes, name, mutant)
+    with pytest.raises(ValueError, match="EpisodeBatch shapes disagree"):
+        EpisodeBatch.from_uint8(images, s.geometry)
+
+
+def test_an_episode_batch_whose_labels_do_not_fit_its_images_is_refused():
+    x, y = torch.zeros(2, 6, 1, 4, 4), torch.zeros(2, 6, dtype=torch.long)
+    assert EpisodeBatch(x, y, x, y, 3).meta_batch_size == 2
+    assert EpisodeBatch(x, y, x[:, :4], None, 3).query_labels is None  # prediction: no query labels
+    with pytest.raises(ValueError, match=r"support_labels \(2, 5\) for support \(2, 6, 1, 4, 4\)"):
+        EpisodeBatch(x, y[:, :5], x, y, 3)
+    with pytest.raises(ValueError, match=r"query_labels \(2, 6\) for query \(2, 4, 1, 4, 4\)"):
+        EpisodeBatch(x, y, x[:, :4], y, 3)
+    with pytest.raises(ValueError, match=r"query \(1, 6, 1, 4, 4\) for 2 episodes"):
+        EpisodeBatch(x, y, x[:1], None, 3)
+    with pytest.raises(ValueError, match=r"episode_ids \(3,\) for 2 episodes"):
+        EpisodeBatch(x, y, x, y, 3, torch.arange(3))
