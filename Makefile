@@ -9,7 +9,9 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup run test lint bench clean dist
 
-$(STAMP): pyproject.toml metapackage/pyproject.toml $(PLUGINS) scripts/install_learn2learn.sh
+L2L_INSTALL := plugins/metareg-learn2learn/metareg_learn2learn/install.py
+
+$(STAMP): pyproject.toml metapackage/pyproject.toml $(PLUGINS) $(L2L_INSTALL)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
@@ -17,8 +19,9 @@ $(STAMP): pyproject.toml metapackage/pyproject.toml $(PLUGINS) scripts/install_l
 	# replaced after the core was installed, an old editable install of it would take bin/metareg with it.
 	$(PY) -m pip uninstall -q -y metareg 2>/dev/null || true
 	$(PY) -m pip install -q -e '.[dev,export]' $(foreach p,$(PLUGINS),-e $(dir $(p))) -e metapackage
-	# learn2learn 0.2.0 does not build from PyPI on Python >= 3.11; the script rebuilds it (and pins numpy < 2).
-	bash scripts/install_learn2learn.sh $(PY)
+	# learn2learn 0.2.0 does not build from PyPI on Python >= 3.11: the plugin's install command rebuilds it
+	# (a pip user runs the same), pins numpy < 2 for qpth and re-resolves what needs numpy >= 2.
+	$(PY) -m metareg_learn2learn.install --cache .cache/learn2learn
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -31,7 +34,7 @@ test: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check metareg plugins tests
+	$(VENV)/bin/ruff check metareg plugins tests scripts
 
 ## Wheels of metareg-core, the metareg metapackage and every first-party plugin, into dist/:
 ## then `pip install --find-links dist metareg` in any environment that has torch (or can fetch it).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import functools
 import re
+import subprocess
 import sys
 import tomllib
 from importlib import metadata
@@ -180,3 +181,11 @@ def test_the_core_version_is_written_once():
     assert "version" in _project(ROOT).get("dynamic", [])
     assert metadata.version("metareg-core") == metareg.__version__
     assert re.fullmatch(r"\d+\.\d+\.\d+", metareg.__version__)
+
+
+def test_the_environment_make_setup_builds_has_no_dependency_conflicts():
+    # learn2learn's route (python -m metareg_learn2learn.install) pins numpy < 2 for qpth and installs
+    # gsutil, which learn2learn declares; whatever needs numpy >= 2 must have been re-resolved with it.
+    check = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "check"],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -10,8 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import metareg
-
-INSTALL_HINT = "run scripts/install_learn2learn.sh (see README.md)"
+from metareg_learn2learn.install import INSTALL_HINT
 
 
 def learn2learn() -> ModuleType:

@@ -7,10 +7,7 @@ with that message and everything else keeps working.
 import importlib.util
 
 import metareg
-
-INSTALL_HINT = (
-    "run scripts/install_learn2learn.sh (see README.md: learn2learn's sdist needs rebuilding on Python 3.11+)"
-)
+from metareg_learn2learn.install import INSTALL_HINT  # the command that ships with this package
 
 for _module in ("learn2learn", "gym"):
     if importlib.util.find_spec(_module) is None:

@@ -17,7 +17,7 @@ import metareg
 
 HAVE_L2L = importlib.util.find_spec("learn2learn") is not None and importlib.util.find_spec("gym") is not None
 needs_l2l = pytest.mark.skipif(
-    not HAVE_L2L, reason="learn2learn is not installed (scripts/install_learn2learn.sh installs it)"
+    not HAVE_L2L, reason="learn2learn is not installed (python -m metareg_learn2learn.install installs it)"
 )
 HIDE_L2L = "import sys; sys.modules['learn2learn'] = None; from metareg.cli import main; main({argv!r})"
 
@@ -40,14 +40,14 @@ def test_without_learn2learn_list_works_and_says_how_to_install():
     assert "conv4" in result.stdout and "prototypicalnetworks" in result.stdout  # the rest keeps working
     broken = result.stdout.split("broken plugins", 1)[1]
     assert "learn2learn (metareg-learn2learn 0.1.0): failed at import" in broken
-    assert "learn2learn is not installed" in broken and "scripts/install_learn2learn.sh" in broken
+    assert "learn2learn is not installed" in broken and "python -m metareg_learn2learn.install" in broken
     assert "l2l-cnn4" not in result.stdout
 
 
 def test_without_learn2learn_json_and_strict_mode():
     doc = json.loads(_metareg_without_l2l("list", "--json").stdout)
     (entry,) = [b for b in doc["broken"] if b["name"] == "learn2learn"]
-    assert entry["distribution"] == "metareg-learn2learn" and "install_learn2learn.sh" in entry["error"]
+    assert entry["distribution"] == "metareg-learn2learn" and "metareg_learn2learn.install" in entry["error"]
     strict = _metareg_without_l2l("--strict", "list")
     assert strict.returncode != 0
     assert "metareg-learn2learn" in strict.stderr and "learn2learn is not installed" in strict.stderr
