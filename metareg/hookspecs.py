@@ -27,7 +27,10 @@ def metareg_backbones() -> Iterable[BackboneSpec]:
     user's options, and returns an ``nn.Module`` mapping ``(N, C, H, W)`` floats to
     ``(N, D)`` features, with an ``out_features`` attribute equal to ``D``. Every other
     keyword argument needs a default and a type annotation: they become the
-    backbone's options in ``metareg info`` and ``--backbone-opt``.
+    backbone's options in ``metareg info`` and ``--backbone-opt``. The module keeps the
+    :class:`metareg.Backbone` protocol (optional ``pretrained_on`` and epoch hook,
+    ``metareg/protocols.py``); :func:`metareg.pretraining_options` adds the shared
+    pretrained / finetune options.
 
     Example::
 
@@ -95,7 +98,8 @@ def metareg_datasets() -> Iterable[DatasetSpec]:
     The factory takes the dataset's options as keyword arguments (``root``, ``seed``,
     ...) and returns a :class:`metareg.FewShotDataset`: train / validation / test
     :class:`metareg.ClassSplit` objects whose class sets are disjoint, with labels per
-    sample available without loading images.
+    sample available without loading images, and a :class:`metareg.DatasetInfo` saying how
+    its images were made (``invert``, ``resample``, ``crop``, ``imagenet_derived``).
 
     Example::
 

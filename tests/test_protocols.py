@@ -47,9 +47,7 @@ def _build(qualified: str, channels: int = 3, **options):
 def test_every_registered_backbone_keeps_the_backbone_protocol(qualified):
     net = _build(qualified)
     assert isinstance(net, metareg.Backbone) and check_backbone(net, qualified) is net
-    with torch.no_grad():
-        features = net.eval()(torch.rand(1, 3, SIZE, SIZE))
-    assert tuple(features.shape) == (1, net.out_features)
+    assert net.out_features > 0  # that forward gives (N, out_features): tests/test_contracts.py, every backbone
     # Provenance: a backbone built without weights says so (or says nothing).
     assert not isinstance(net, metareg.Pretrained) or net.pretrained_on is None
     if isinstance(net, metareg.EpochHook):
