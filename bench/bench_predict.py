@@ -1,11 +1,12 @@
 """Prediction speed of `metareg predict` / metareg.FewShotClassifier on CPU.
 
     python bench/bench_predict.py [--strategy prototypicalnetworks] [--size 28 --channels 1] [--hidden 64]
-                                  [--queries 100] [--repeats 5] [--device cpu] [--threads N]
+                                  [--queries 100] [--pairs 7] [--device cpu] [--threads N]
 
 A 5-way 5-shot support folder and a batch of query PNG files on disk, a conv4 model
-(untrained: speed does not depend on the weights). Prints the best and the median of
-``--repeats`` runs (taking turns, so load from other processes falls on all alike) for:
+(untrained: speed does not depend on the weights). Each figure is paired and interleaved
+with the reference below in one process (bench/paired.py: median of per-pair ratios,
+bootstrap 95 % interval, rates beside them):
 
 - reference: the strategy's ``forward`` on one episode holding the support set and the
   queries (what evaluation does), images already decoded: the model's own cost;
@@ -17,9 +18,8 @@ A 5-way 5-shot support folder and a batch of query PNG files on disk, a conv4 mo
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,14 @@ import metareg
 from metareg.build import build_model, resolve_all
 from metareg.checkpoint import payload
 from metareg.config import RunConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired import Side, paired  # noqa: E402
+
+try:  # where the support-folder reader lives (it moved out of predict.py)
+    from metareg.predict_inputs import read_support_folder
+except ImportError:  # pragma: no cover - older layout
+    from metareg.predict import read_support_folder
 
 
 def make_checkpoint(path: Path, strategy: str, channels: int, size: int, hidden: int, ways: int, shots: int) -> Path:
@@ -57,21 +65,7 @@ def make_images(root: Path, ways: int, shots: int, queries: int, channels: int, 
     return root / "support", q
 
 
-def best_times(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
-    """(best, median) seconds per function; the functions take turns so that other load on the
-    machine falls on all of them alike. The best of N is the figure least disturbed by it."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: (min(t), statistics.median(t)) for name, t in times.items()}
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--strategy", default="prototypicalnetworks")
     ap.add_argument("--ways", type=int, default=5)
@@ -81,10 +75,10 @@ def main() -> None:
     ap.add_argument("--source-size", type=int, default=105, help="size of the image files (resized on load)")
     ap.add_argument("--channels", type=int, default=1)
     ap.add_argument("--hidden", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--pairs", type=int, default=7)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -99,11 +93,9 @@ def main() -> None:
         n = args.queries
         print(f"{args.strategy}, conv4 (hidden {args.hidden}), {args.channels}x{args.size}x{args.size} from "
               f"{args.source_size}px PNG files, {args.ways}-way {args.shots}-shot support, {n} queries, "
-              f"device {args.device}, torch threads {torch.get_num_threads()}; {args.repeats} runs each")
+              f"device {args.device}, torch threads {torch.get_num_threads()}")
 
         # reference: one evaluation episode through forward, images decoded already
-        from metareg.predict import read_support_folder
-
         sfiles = [f for fs in read_support_folder(support).values() for f in fs]
         s = clf.prepare(clf.load_images(sfiles)).unsqueeze(0)
         q = clf.prepare(clf.load_images(files)).unsqueeze(0)
@@ -129,23 +121,19 @@ def main() -> None:
         def decoded_after_fit():
             clf.predict_logits(decoded)
 
-        t = best_times({
-            "reference: forward on one episode (decoded)": reference,
+        sync = torch.cuda.synchronize if str(clf.device).startswith("cuda") else (lambda: None)
+        reference_side = Side("forward", reference, n)
+        for what, fn in {
             "request without cache (decode + fit + predict)": request_no_cache,
             "request with support cache": request_cache,
             "queries already decoded, after fit": decoded_after_fit,
-            f"decoding {n} query files alone": lambda: clf.load_images(files),
-        }, args.repeats)
+        }.items():
+            r = paired(Side("predict", fn, n), Side(reference_side.name, reference, n), pairs=args.pairs, sync=sync)
+            print(r.summary(f"Predict queries/s, {what}", "queries/s"), flush=True)
         clf.fit(support)
-        t_one = best_times({"one": lambda: clf.predict(files[:1])}, max(args.repeats, 20))["one"]
-        print(f"  {'':<50} {'best ms':>9} {'pred/s':>8}   {'median ms':>9} {'pred/s':>8}")
-        for name, (best, med) in t.items():
-            print(f"  {name:<50} {best * 1000:9.1f} {n / best:8.0f}   {med * 1000:9.1f} {n / med:8.0f}")
-        print(f"  {'latency of one query file (after fit)':<50} {t_one[0] * 1000:9.2f} {'':>8}   "
-              f"{t_one[1] * 1000:9.2f}")
-        nocache, cached = t["request without cache (decode + fit + predict)"], t["request with support cache"]
-        print(f"  cache speed-up per request: {nocache[0] / cached[0]:.2f}x best, {nocache[1] / cached[1]:.2f}x "
-              f"median (strategy {'precomputes its support state' if clf.caches_features else 'adapts per batch'})")
+        r = paired(Side("one query file", lambda: clf.predict(files[:1]), 1), Side("forward", reference, n),
+                   pairs=args.pairs, sync=sync)
+        print(f"Predict latency of one query file after fit: {1000 / r.rate_a:.2f} ms (median of {len(r.ratios)})")
 
 
 if __name__ == "__main__":
