@@ -16,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -92,6 +93,9 @@ def test_make_dist_builds_a_wheel_for_the_core_the_metapackage_and_every_plugin(
     wheels = {p.name.split("-")[0] for p in dist.glob("*.whl")}
     plugins = {p.parent.name.replace("-", "_") for p in (ROOT / "plugins").glob("*/pyproject.toml")}
     assert wheels == {"metareg", "metareg_core"} | plugins
+    # The route to learn2learn that the missing-learn2learn hint names ships in the plugin's wheel.
+    (l2l,) = dist.glob("metareg_learn2learn-*.whl")
+    assert "metareg_learn2learn/install.py" in zipfile.ZipFile(l2l).namelist()
 
 
 def test_the_installed_command_lists_the_first_party_components_from_the_wheels(installed):
@@ -132,3 +136,10 @@ def test_the_installed_command_trains_prototypical_networks(installed, tmp_path)
     assert re.search(r"^3-way 1-shot: \d+\.\d ± \d+\.\d % \(95% CI, 4 test episodes\)$", result.stdout, re.M)
     versions = json.loads((out / "summary.json").read_text())["versions"]
     assert set(versions["plugins"]) == PROVIDERS
+
+
+def test_the_wheels_requirements_hold_in_the_new_environment(installed):
+    python, env, _, _ = installed
+    check = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check",
+                            "check"], capture_output=True, text=True, env=env)
+    assert check.returncode == 0, check.stdout + check.stderr
