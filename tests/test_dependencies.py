@@ -26,8 +26,8 @@ PLUGINS = sorted(p.parent for p in (ROOT / "plugins").glob("*/pyproject.toml"))
 # Imported but not declared, on purpose: learn2learn's only sdist does not build on Python >= 3.11,
 # so pip cannot install it as a dependency; its plugin shows as broken with the command that installs it.
 UNDECLARED = {"learn2learn": "rebuilt by python -m metareg_learn2learn.install"}
-# Declared but never imported: tools the tests run as commands.
-TOOLS = {"ruff"}
+# Declared but never imported: tools the tests run as commands (setuptools builds the wheels).
+TOOLS = {"ruff", "setuptools"}
 _DYNAMIC = {"importorskip", "import_module"}
 
 
