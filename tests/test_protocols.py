@@ -144,17 +144,21 @@ def test_the_leak_check_reads_provenance_and_flag_not_names():
     assert pretraining_leak(Net(), "net", flagged, "x") is None
 
 
-def test_the_miniimagenet_datasets_carry_the_flag(tmp_path):
+def _imagenet_flag(name: str, options: dict) -> bool:
+    factory = _registry().get("datasets", name).record.load()
+    return factory(**bind(factory, options, component=name)).info.imagenet_derived
+
+
+def test_the_imagenet_datasets_carry_the_flag_and_others_do_not(tmp_path):
     from tests.test_contracts import write_mini_imagenet_pickles
 
     write_mini_imagenet_pickles(tmp_path / "mini", size=16)
-    registry = _registry()
-    names = [n for n in ("miniimagenet", "l2l-miniimagenet") if n in registry.names("datasets")]
-    assert names, "no miniImageNet dataset registered"
-    for name in names:
-        options = {"root": str(tmp_path / "mini")} | ({"image_size": 16} if name == "miniimagenet" else {})
-        factory = registry.get("datasets", name).record.load()
-        assert factory(**bind(factory, options, component=name)).info.imagenet_derived, name
+    assert _imagenet_flag("miniimagenet", {"root": str(tmp_path / "mini"), "image_size": 16})
+    synthetic = pytest.importorskip("metareg_learn2learn.synthetic")
+    assert _imagenet_flag("l2l-miniimagenet", {"root": str(synthetic.write_mini_imagenet(tmp_path / "l2l", size=16))})
+    tiered = synthetic.write_tiered_imagenet(tmp_path / "l2l", size=16)
+    assert _imagenet_flag("l2l-tieredimagenet", {"root": str(tiered), "image_size": 16})
+    assert not _imagenet_flag("l2l-cifarfs", {"root": str(synthetic.write_cifarfs(tmp_path / "l2l"))})
 
 
 # ------------------------------------------------------------------------------ DatasetInfo
