@@ -57,13 +57,13 @@ def main() -> None:
     import torch
 
     from metareg.config import RunConfig
-    from metareg.learner import MetaLearner, all_finite
-    from metareg.run import _Prepared
+    from metareg.learner import all_finite
+    from metareg.preparation import prepare
     from metareg.rundir import RunDir, check
 
     config = RunConfig.from_sources({"progress": False})
-    prepared = _Prepared(config)
-    learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, config.dataset)
+    prepared = prepare(config)
+    learner = prepared.learner
     learner.setup("fit")  # the default memory layout (channels_last for prototypical networks)
     prepared.datamodule.setup("fit")
     loader = prepared.datamodule.train_dataloader()

@@ -23,7 +23,7 @@ metareg's own and its plugins' ``UserWarning`` messages about options, and Light
 what the user asked for (a precision the device cannot do, a GPU left unused, a logging
 interval longer than an epoch when the user chose the interval). Where a Lightning warning
 was caused by a default of metareg's, the default is fixed rather than the warning hidden
-(``run._trainer`` fits the logging interval to each process's share of an epoch).
+(``lightning_trainer.make_trainer`` fits the logging interval to each process's share of an epoch).
 
 One switch, ``METAREG_VERBOSE``, in the environment so that processes Lightning launches inherit it
 (set by ``metareg -v``, cli.py). Only runs and evaluations import this module: it needs Lightning.

@@ -185,7 +185,7 @@ def test_several_nodes_without_a_cluster_are_refused_instead_of_hanging(tmp_path
     def work_started(*args, **kwargs):
         raise AssertionError("the run started (and would wait forever for the second node) before the check")
 
-    monkeypatch.setattr(metareg.run, "_Prepared", work_started)
+    monkeypatch.setattr(metareg.run, "prepare", work_started)
     run_refused(tmp_path, "--num-nodes", "2",
                 needles=("num_nodes 2 needs a cluster environment", "MASTER_ADDR", "--num-nodes 1"))
 

@@ -111,6 +111,8 @@ def assert_nothing_corrupt(run_dir: Path) -> None:
                 image.verify()
         elif path.suffix == ".ckpt":
             read_checkpoint(path)  # weights-only load, metareg section present
+        elif path.suffix == ".html":
+            assert path.read_text().rstrip().endswith("</html>"), path  # report.html: whole, not torn
         else:
             raise AssertionError(f"unexpected file {path}")
 
@@ -184,6 +186,7 @@ def finished(tmp_path_factory):
     ("checkpoints/last.ckpt", lambda b: b[: len(b) // 2]),
     ("learning_curve.png", lambda b: b[: len(b) // 2]),
     ("config.yaml", lambda b: b"[unclosed"),
+    ("report.html", lambda b: b[: len(b) // 2]),
 ])
 def test_the_corruption_check_catches_a_torn_file(finished, tmp_path, name, damage):
     import shutil

@@ -104,12 +104,12 @@ def test_bad_trainer_options_are_refused_before_any_work(tmp_path, where, messag
 
 
 def test_every_trainer_argument_metareg_sets_is_reserved_and_named():
-    # RESERVED must follow _trainer: a Trainer argument metareg sets and a user could also pass would be ambiguous.
+    # RESERVED must follow make_trainer: a Trainer argument metareg sets and a user could also pass would be ambiguous.
     import inspect
 
-    from metareg import run as run_module
+    from metareg.lightning_trainer import make_trainer
 
-    source = inspect.getsource(run_module._trainer)
+    source = inspect.getsource(make_trainer)
     call = source[source.index("pl.Trainer("):]
     passed = {name for name in trainer_options.trainer_parameters() if f"\n            {name}=" in call}
     assert passed and passed <= set(trainer_options.RESERVED), passed - set(trainer_options.RESERVED)

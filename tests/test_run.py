@@ -226,7 +226,6 @@ def test_python_api_trains_on_in_memory_arrays(tmp_path):
 
 def test_frozen_backbone_is_not_trained_until_the_schedule_unfreezes_it(tmp_path):
     from metareg.config import RunConfig
-    from metareg.run import _Prepared
 
     frozen, thawed = tmp_path / "frozen", tmp_path / "thawed"
     r1 = run(*TINY, "--backbone-opt", "finetune=freeze", "--max-epochs", "1", "--output-dir", str(frozen))
@@ -235,7 +234,8 @@ def test_frozen_backbone_is_not_trained_until_the_schedule_unfreezes_it(tmp_path
     assert r1.exit_code == 0 and r2.exit_code == 0, r1.output + r2.output
     # the weights a run starts from: same settings, same seed
     config = RunConfig.load_yaml(frozen / "config.yaml")
-    initial = {f"strategy.{k}": v for k, v in _Prepared(RunConfig.from_sources(config)).strategy.state_dict().items()}
+    module, _ = metareg.prepare(RunConfig.from_sources(config))
+    initial = {f"strategy.{k}": v for k, v in module.strategy.state_dict().items()}
     after_frozen = torch.load(frozen / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     after_thawed = torch.load(thawed / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert initial.keys() == after_frozen.keys()
@@ -271,8 +271,6 @@ def test_resnet12_with_the_lee2019_chain_trains(tmp_path):
 
 def test_channels_last_converts_the_convolutions_and_can_be_turned_off():
     from metareg.config import RunConfig
-    from metareg.learner import MetaLearner
-    from metareg.run import _Prepared
 
     # unset: the strategy's preference (maml's vmapped inner loop runs faster in the default layout)
     cases = (({}, torch.channels_last), ({"channels_last": False}, torch.contiguous_format),
@@ -280,8 +278,7 @@ def test_channels_last_converts_the_convolutions_and_can_be_turned_off():
                                                                 torch.channels_last))
     for settings, expected in cases:
         config = RunConfig.from_sources({"dataset_options": {"image_size": 14, "samples_per_class": 6}, **settings})
-        prepared = _Prepared(config)
-        learner = MetaLearner(prepared.strategy, prepared.transform, config, prepared.task, "glyphs")
+        learner, _ = metareg.prepare(config)
         learner.setup("fit")
         convs = [m.weight for m in learner.modules() if isinstance(m, torch.nn.Conv2d)]
         assert convs and all(w.is_contiguous(memory_format=expected) for w in convs), settings
@@ -302,7 +299,7 @@ def test_a_budget_shorter_than_the_logging_interval_ends_with_the_full_run_direc
 def test_eval_accepts_every_setting_it_offers(trained, tmp_path):
     from metareg.cli.train import eval_cmd
     from metareg.config import OPTION_SECTIONS
-    from metareg.run import EVAL_SETTINGS
+    from metareg.run_settings import EVAL_SETTINGS
 
     offered = {p.name for p in eval_cmd.params} - {"checkpoint", "dataset_opt"}
     assert offered == set(EVAL_SETTINGS) - set(OPTION_SECTIONS)

@@ -10,7 +10,7 @@ from metareg import kinds
 from metareg.config import MAPPING_SECTIONS, RunConfig
 from metareg.errors import ConfigError
 from metareg.options import parse_assignments
-from metareg.run import EVAL_SETTINGS
+from metareg.run_settings import EVAL_SETTINGS
 
 HELP = {
     "dataset": "Dataset name (see `metareg list datasets`).",
@@ -164,14 +164,10 @@ def _status(line: str) -> None:
     click.echo(line, err=True)
 
 
-# The settings eval may change: one list, shared with the check in metareg.run.evaluate.
-EVAL_FIELDS = EVAL_SETTINGS
-
-
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @kind_option(kinds.DATASET)
-@lambda f: config_options(f, EVAL_FIELDS)
+@lambda f: config_options(f, EVAL_SETTINGS)  # the one list, shared with evaluate's check
 def eval_cmd(checkpoint, **values):
     """Re-evaluate a saved model on fixed seeded test episodes.
 

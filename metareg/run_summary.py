@@ -1,0 +1,64 @@
+"""summary.json: a run's test accuracy with everything needed to tell where it came from.
+
+Accuracy and 95% CI over the test episodes, the components, wall time, device, component
+options, the git commit of the code (metareg.provenance) and the versions of everything that ran.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from metareg.config import RunConfig
+from metareg.evaluation import Report, summarise
+from metareg.files import atomic_write
+
+
+def finish(run_dir: Path, config: RunConfig, plugins, accuracies, extra: dict) -> tuple[Report, dict[str, Any]]:
+    """Summarise the per-episode test ``accuracies`` into ``run_dir/summary.json``; the report and the summary."""
+    report = summarise(accuracies, config.eval_ways, config.eval_shots, config.eval_queries)
+    summary = {
+        **report.as_dict(),
+        "line": report.line(),
+        "seed": config.seed,
+        "dataset": config.dataset,
+        "backbone": config.backbone,
+        "transform": config.transform,
+        "strategy": config.strategy,
+        **extra,
+        **_provenance(run_dir, config),
+        "versions": _versions(plugins),
+    }
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return report, summary
+
+
+def _provenance(run_dir: Path, config: RunConfig) -> dict:
+    from metareg import provenance
+    from metareg.rundir import holder
+
+    # From claiming the directory (this invocation; a resumed run counts its last session) to its summary.
+    started = (holder(run_dir) or {}).get("started")
+    return {
+        "wall_seconds": round(time.time() - started, 2) if isinstance(started, (int, float)) else None,
+        "device": provenance.device(config),
+        "options": provenance.component_options(config),
+        "git": provenance.git_commit(),
+    }
+
+
+def _versions(plugins) -> dict[str, Any]:
+    import pytorch_lightning
+    import torch
+
+    import metareg
+
+    return {
+        "metareg": metareg.__version__,
+        "torch": torch.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "python": platform.python_version(),
+        "plugins": {p.distribution or p.name: p.version for p in plugins.plugins if p.status == "ok"},
+    }
