@@ -284,6 +284,25 @@ def _strategies():
     return names
 
 
+@pytest.mark.parametrize("saved, expected", [
+    # a checkpoint of an Omniglot-like dataset, written before metareg.DatasetInfo (a flat dict with extra keys)
+    ({"invert": True, "resample": "box", "crop": "none", "ink": "white on black"}, (True, "box", "none")),
+    ({}, (False, "bilinear", "center")),
+    ({"resample": "smooth", "crop": "centre"}, (False, "bilinear", "center")),  # unknown values: the defaults
+])
+def test_prediction_prepares_images_as_the_saved_dataset_info_says(tmp_path, saved, expected):
+    from metareg.export import describe
+    from metareg.model_loading import load_model
+
+    ckpt = _tiny_checkpoint(tmp_path / "m.ckpt", "prototypicalnetworks")
+    payload = torch.load(ckpt, weights_only=True)
+    payload["metareg"]["data"]["info"] = saved
+    torch.save(payload, ckpt)
+    clf = metareg.FewShotClassifier.from_checkpoint(ckpt)
+    assert (clf.invert, clf.resample, clf.crop) == expected
+    assert describe(load_model(ckpt), invert=clf.invert)["inputs"]["resize"] == expected[1]  # what exports say
+
+
 @pytest.mark.parametrize("strategy", _strategies())
 def test_every_strategy_predicts_as_it_evaluates(strategy, tmp_path):
     """predict_query(fit_support(...)) equals the strategy's forward on a one-episode batch."""
