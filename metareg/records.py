@@ -116,8 +116,9 @@ class ComponentSpec:
 @dataclass(frozen=True)
 class BackboneSpec(ComponentSpec):
     """A feature extractor. The factory returns an ``nn.Module`` mapping ``(N, C, H, W)``
-    images to ``(N, D)`` features and carrying ``out_features = D``. It receives the
-    dataset's ``channels`` and ``image_size`` as keyword arguments."""
+    images to ``(N, D)`` features and carrying ``out_features = D``: a
+    :class:`metareg.Backbone` (``metareg/protocols.py``). It receives the dataset's
+    ``channels`` and ``image_size`` as keyword arguments."""
 
     kind: ClassVar[str] = kinds.BACKBONE.plural
 
@@ -132,7 +133,7 @@ class StrategySpec(ComponentSpec):
 @dataclass(frozen=True)
 class DatasetSpec(ComponentSpec):
     """A few-shot dataset. The factory returns a :class:`metareg.FewShotDataset`
-    with class-disjoint train / validation / test splits."""
+    with class-disjoint train / validation / test splits and a :class:`metareg.DatasetInfo`."""
 
     kind: ClassVar[str] = kinds.DATASET.plural
 
