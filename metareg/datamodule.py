@@ -106,6 +106,13 @@ def _unbatch(items):
 
 
 class EpisodeDataModule(pl.LightningDataModule):
+    """The LightningDataModule of every metareg run; build it with :func:`metareg.prepare`.
+
+    Training batches are drawn afresh each epoch from the training classes; validation and
+    test episodes are fixed by the seed, from classes never trained on. Call :meth:`check`
+    (``prepare`` does) before handing it to a ``Trainer``; see docs/lightning.md.
+    """
+
     def __init__(self, dataset: FewShotDataset, config: RunConfig, *,
                  train_batches: TrainBatches = TrainBatches.EPISODES):
         super().__init__()

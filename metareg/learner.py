@@ -49,6 +49,16 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
 
 
 class MetaLearner(pl.LightningModule):
+    """The LightningModule of every metareg run; build it with :func:`metareg.prepare`.
+
+    Trains ``strategy`` (with its backbone) on the batches of :class:`metareg.EpisodeDataModule`,
+    with the optimiser and schedule of ``config``. Validation logs ``val_acc``; after testing,
+    ``test_results`` holds ``(episode_ids, accuracies)``, one accuracy per fixed test episode,
+    gathered from every process. Works in any ``pytorch_lightning.Trainer`` given
+    ``inference_mode=False`` (strategies such as MAML adapt with gradients at test time);
+    see docs/lightning.md.
+    """
+
     def __init__(self, strategy: Strategy, transform: Transform, config: RunConfig, task: TaskInfo,
                  dataset_name: str, dataset_info: dict | None = None):
         super().__init__()
