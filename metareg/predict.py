@@ -234,15 +234,3 @@ def _device(device: str | torch.device) -> torch.device:
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise OptionError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
     return dev
-
-
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise OptionError(f"device {device!r} is not a torch device ({exc}); use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise OptionError(f"device {device!r} asked for, but CUDA is not available here; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise OptionError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
-    return dev
