@@ -61,7 +61,7 @@ def test_training_episodes_are_split_across_ranks_without_collisions():
     assert sorted(per_rank[0] + per_rank[1]) == list(range(8))  # every meta-batch once, on one rank
 
     def samples(i):
-        return dm.train_set[i]["images"][..., 0, 0, 0]  # (meta_batch, ways, shots + queries) sample ids
+        return dm.train_set[i].images[..., 0, 0, 0]  # (meta_batch, ways, shots + queries) sample ids
 
     batches = {i: samples(i) for i in range(8)}
     assert all(torch.equal(batches[i], samples(i)) for i in range(8))  # reproducible in any process
