@@ -17,7 +17,9 @@ Switches, each an environment variable and a global CLI flag:
   names the plugin's distribution.
 * ``METAREG_PLUGINS=a,b`` / ``metareg --load-plugins a,b``: load only these plugins
   (entry-point or distribution names). A name that matches no plugin is an error:
-  otherwise a typo would make every component vanish without a word.
+  otherwise a typo would make every component vanish without a word. The core's own
+  components (``metareg-core``, e.g. the default transform ``none``) load whatever the
+  selection, since no user selected them; ``--disable-plugins core`` still drops them.
 * ``METAREG_DISABLE_PLUGINS=a,b`` / ``metareg --disable-plugins a,b``: skip these. A
   name that matches nothing is only reported (``PluginSet.unknown_disabled``): what it
   asks for, that the plugin not load, holds either way.
@@ -146,8 +148,12 @@ def _matches(info: PluginInfo, wanted: list[str]) -> bool:
     return any(w == info.name or _canonical(w) == dist for w in wanted)
 
 
+CORE_DISTRIBUTION = "metareg-core"
+
+
 def _selected(info: PluginInfo, only: list[str] | None, disabled: list[str] | None) -> bool:
-    if only is not None and not _matches(info, only):
+    core = info.distribution is not None and _canonical(info.distribution) == CORE_DISTRIBUTION
+    if only is not None and not core and not _matches(info, only):
         return False
     if disabled is not None and _matches(info, disabled):
         return False

@@ -108,6 +108,16 @@ def test_broken_plugin_leaves_list_working_and_strict_mode_fails():
     assert status["backbones"] == status["fakegood"] == "ok" and status["kornia"] == "disabled"
 
 
+def test_load_plugins_keeps_the_cores_own_components_unless_disabled():
+    # The default transform `none` is the core's: selecting plugins must not make `metareg run` lose it.
+    only = json.loads(shell("--load-plugins", "backbones", "list", "transforms", "--json").stdout)
+    assert [c["name"] for c in only["components"]["transforms"]] == ["none"]
+    assert only["components"]["transforms"][0]["distribution"] == "metareg-core"
+    dropped = json.loads(shell("--load-plugins", "backbones", "--disable-plugins", "core", "list", "transforms",
+                               "--json").stdout)
+    assert dropped["components"]["transforms"] == []
+
+
 @pytest.fixture(scope="module")
 def example_installed():
     pkg = ROOT / "examples" / "metareg-example"
