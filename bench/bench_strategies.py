@@ -233,6 +233,15 @@ def profile(step, steps: int, label: str, top: int = 12) -> None:
 
 
 # ------------------------------------------------------------------ driver
+def label(a: argparse.Namespace) -> str:
+    """What sets this run apart from the default one (32 per step, fp32), for the summary lines."""
+    parts = [f"{a.tasks} per step"] if a.tasks != 32 else []
+    parts += ["bf16"] if a.bf16 else []
+    parts += ["channels-last"] if a.channels_last else []
+    parts += ["compiled"] if a.compile else []
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--compare", nargs="+", default=["maml", "protonet"], choices=list(COMPARISONS))
@@ -270,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     for key in a.compare:
         ours, theirs, unit, what, their_name, compile_ours = COMPARISONS[key]
         compile_ours = compile_ours or a.compile
+        what = what + label(a)
         try:
             step_a, units_a = build(ours, x, y, a, compiled=compile_ours)
             step_b, units_b = build(theirs, x, y, a, compiled=False)

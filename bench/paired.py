@@ -121,7 +121,7 @@ def paired(a: Side, b: Side, *, pairs: int = 20, seconds: float | None = None, m
             b.repeat = max(1, min(max_repeat, round(ta / max(tb, 1e-9))))
     ratios, rates_a, rates_b = [], [], []
     start = time.perf_counter()
-    for i in range(max(pairs, min_pairs) if seconds is None else 10**9):
+    for i in range(pairs if seconds is None else 10**9):
         if seconds is not None and i >= min_pairs and (time.perf_counter() - start >= seconds or i >= pairs):
             break
         ta = _turn(a, sync)
