@@ -26,7 +26,8 @@ case "$device" in cuda|cpu) ;; *) echo "Error: --device must be cuda or cpu, got
 
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
-if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+# The wheels are for the GPU machine's Python 3.12; a dry run uses the environment it is started in.
+if [ "$device" = cuda ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
         || { echo "Error: the wheels in .whl/ did not install" >&2; exit 2; }
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
