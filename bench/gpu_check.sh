@@ -39,14 +39,14 @@ fi
 
 if [ "$quick" = 1 ]; then
     data=(--synthetic) tasks=(2) pairs=(--pairs 2 --warmup 1) budget=600
-    episodes_data=(--synthetic) eval_args=(--synthetic --tasks 2 --pairs 2 --hidden 16)
+    episodes_args=(--synthetic --pairs 2) eval_args=(--synthetic --tasks 2 --pairs 2 --hidden 16)
     transform_args=(--batch 4 --size 28 --pairs 2) predict_args=(--queries 5 --pairs 2 --hidden 16)
     minute_args=(--quick --seconds 2 --test-num-tasks 4)
 else
     zip="${OMNIGLOT_ZIP:-.whl/images_background.zip}"
     [ -f "$zip" ] || zip=../shared/data/omniglot/images_background.zip
     data=(--data "$zip") tasks=(32 128) pairs=(--pairs 40 --seconds 12) budget=150
-    episodes_data=(--zip "$zip") eval_args=(--zip "$zip" --pairs 10)
+    episodes_args=(--zip "$zip" --pairs 10) eval_args=(--zip "$zip" --pairs 10)
     transform_args=(--batch 256 --size 84 --pairs 10) predict_args=(--queries 256 --pairs 10)
     minute_args=(--seconds 60 --zip "$zip")
 fi
@@ -67,7 +67,7 @@ for t in "${tasks[@]}"; do
     run bench/bench_strategies.py --device "$device" --tasks "$t" "${data[@]}" "${pairs[@]}" --bf16 --channels-last \
         --compare protonet protonet-ref
 done
-run bench/bench_episodes.py "${episodes_data[@]}" --pairs 10
+run bench/bench_episodes.py "${episodes_args[@]}"
 run bench/bench_transforms.py --devices "$device" "${transform_args[@]}"
 run bench/bench_evaluation.py --device "$device" "${eval_args[@]}"
 run bench/bench_predict.py --device "$device" "${predict_args[@]}"

@@ -112,9 +112,10 @@ def paired(a: Side, b: Side, *, pairs: int = 20, seconds: float | None = None, m
         for _ in range(warmup):
             side.step()
         sync()
-    if balance:  # the median of three single calls each: one call alone can land on a busy moment
-        ta = statistics.median(_turn(Side(a.name, a.step), sync) for _ in range(3))
-        tb = statistics.median(_turn(Side(b.name, b.step), sync) for _ in range(3))
+    if balance:  # the median of three single calls each (one for a short run): one call can land on a busy moment
+        calls = 3 if pairs >= 5 else 1
+        ta = statistics.median(_turn(Side(a.name, a.step), sync) for _ in range(calls))
+        tb = statistics.median(_turn(Side(b.name, b.step), sync) for _ in range(calls))
         if ta < tb:
             a.repeat = max(1, min(max_repeat, round(tb / max(ta, 1e-9))))
         else:
