@@ -130,6 +130,9 @@ class RunConfig:
     # Conv weights in NHWC layout: 1.5x faster Conv-4 ProtoNet training on a 2-core CPU, 10% slower
     # for MAML (measured); unset (None) follows the strategy's `channels_last` preference.
     channels_last: bool | None = None
+    # torch.compile of the strategy's training step (bench/bench_strategies.py --compare protonet-compile
+    # measures it); off by default: compiling takes minutes on a small CPU before the first step.
+    compile: bool = False
     trainer_strategy: str = "auto"
     num_nodes: int = 1
     # output

@@ -79,6 +79,11 @@ class MetaLearner(pl.LightningModule):
         if channels_last:
             # Converting the weights is enough: convolutions then compute in NHWC whatever the input layout.
             self.strategy.to(memory_format=torch.channels_last)
+        # --compile: the training step's forward (and the backward AOTAutograd derives from it), compiled once per
+        # process (setup runs in each); evaluation stays eager, its episode shapes and adaptation steps differ.
+        self._loss, self._labelled_loss = self.strategy.loss, self.strategy.labelled_loss
+        if self.config.compile and stage == "fit":
+            self._loss, self._labelled_loss = torch.compile(self._loss), torch.compile(self._labelled_loss)
 
     # ------------------------------------------------------------------ batches
     def on_after_batch_transfer(self, batch: SampledEpisodes | LabelledImages,
@@ -143,10 +148,10 @@ class MetaLearner(pl.LightningModule):
 
     def training_step(self, batch: EpisodeBatch | LabelledImages, batch_idx: int) -> torch.Tensor:
         if self.train_batches is TrainBatches.LABELLED:
-            out = self.strategy.labelled_loss(batch.images, batch.labels)
+            out = self._labelled_loss(batch.images, batch.labels)
             size = batch.labels.numel()
         else:
-            out = self.strategy.loss(batch)
+            out = self._loss(batch)
             size = batch.meta_batch_size
         if not torch.isfinite(out.loss):
             raise NonFiniteLoss(

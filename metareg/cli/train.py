@@ -45,6 +45,7 @@ HELP = {
     "precision": "Lightning precision: 32-true, 16-mixed, bf16-mixed, ...",
     "channels_last": "Keep convolution weights in channels-last (NHWC) memory layout (faster on many CPUs and GPUs). "
                      "Default: the strategy's choice (on, except for maml).",
+    "compile": "Compile the strategy's training step with torch.compile (first step slower; evaluation stays eager).",
     "trainer_strategy": "Lightning's distribution strategy: auto, ddp, ddp_spawn, fsdp, ...",
     "num_nodes": "Machines for distributed training.",
     "output_dir": "Run directory (default: runs/<time>-<strategy>-<dataset>).",
