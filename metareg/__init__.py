@@ -53,6 +53,7 @@ _LAZY = {
     "train": "metareg.run",
     "evaluate": "metareg.run",
     "RunResult": "metareg.run",
+    "sweep": "metareg.sweeps",
     "prepare": "metareg.preparation",
     "Prepared": "metareg.preparation",
     "MetaLearner": "metareg.learner",

@@ -23,6 +23,7 @@ _LAZY_COMMANDS = {
     "export": "metareg.cli.deploy:export_cmd",
     "check": "metareg.cli.check:check_cmd",
     "runs": "metareg.cli.runs:runs_cmd", "compare": "metareg.cli.runs:compare_cmd",
+    "sweep": "metareg.cli.experiments:sweep_cmd",
 }
 
 
