@@ -37,9 +37,10 @@ from torch import nn
 from metareg.errors import CheckpointError, MetaregError, OptionError
 from metareg.files import atomic_write, check_output
 
-FORMATS = ("safetensors", "torchscript", "onnx")
+# "fewshot": one deployable file with the support set (metareg.fewshot_file), written by the CLI with --support.
+FORMATS = ("safetensors", "torchscript", "onnx", "fewshot")
 SUFFIXES = {".safetensors": "safetensors", ".pt": "torchscript", ".ts": "torchscript", ".torchscript": "torchscript",
-            ".onnx": "onnx"}
+            ".onnx": "onnx", ".fewshot": "fewshot"}
 EXPORT_FORMAT = "metareg-export"
 EXPORT_VERSION = 1
 

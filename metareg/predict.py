@@ -57,6 +57,9 @@ class Prediction:
     label: str
     probabilities: dict[str, float]
     source: str | None = None  # the file path, or a placeholder for in-memory images
+    # Open set (a .fewshot file with calibration): the query is far from every class. `label` stays the
+    # nearest class; the CLI shows "unknown".
+    unknown: bool = False
 
     @property
     def confidence(self) -> float:
@@ -91,7 +94,13 @@ class FewShotClassifier:
         self.digest, self.source = digest, source
         self.classes: list[str] | None = None
         self.state: dict[str, torch.Tensor] | None = None
+        self.counts: list[int] | None = None  # support images per class
         self.fitted_from_cache = False
+        # Kept by fit() for strategies that refit on enrolment (metareg.enroll); stored in .fewshot files.
+        self.support_images: torch.Tensor | None = None
+        self.support_labels: torch.Tensor | None = None
+        self.open_set: dict[str, Any] | None = None  # metareg.open_set calibration, from a .fewshot file
+        self.provenance: dict[str, Any] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
@@ -119,7 +128,41 @@ class FewShotClassifier:
             model = load_model(path)
         return cls(model, device=device, invert=invert, batch_size=batch_size, source=os.fspath(path))
 
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | torch.device = "cpu",
+             batch_size: int = 64) -> FewShotClassifier:
+        """A classifier from a ``.fewshot`` file (``metareg export --support``), support set included."""
+        from metareg.fewshot_file import load
+
+        _device(device)
+        return load(path, device=device, batch_size=batch_size)
+
+    def save(self, path: str | os.PathLike, *, inputs=(), checkpoint: str | os.PathLike | None = None) -> Path:
+        """Write this fitted classifier as one ``.fewshot`` file, atomically (:mod:`metareg.fewshot_file`)."""
+        from metareg.fewshot_file import write
+
+        return write(self, path, inputs=inputs, checkpoint=checkpoint)
+
+    def add_class(self, name: str, images) -> str:
+        """Enrol a new class from its images without retraining; returns ``"incremental"`` or ``"refit"``."""
+        from metareg.enroll import add_class
+
+        return add_class(self, name, images)
+
+    def remove_class(self, name: str) -> str:
+        """Forget a class; returns ``"incremental"`` or ``"refit"``."""
+        from metareg.enroll import remove_class
+
+        return remove_class(self, name)
+
     # ------------------------------------------------------------------ preparation
+    @property
+    def incremental(self) -> bool:
+        """Whether the strategy's support state is one row per class computed from that class alone
+        (``per_class_state``, e.g. prototypes), so classes are enrolled without touching the others."""
+        keys = tuple(getattr(self.strategy, "per_class_state", ()))
+        return bool(keys) and (self.state is None or set(self.state) == set(keys))
+
     @property
     def strategy_name(self) -> str:
         return getattr(self.model.config, "strategy", type(self.strategy).__name__)
@@ -169,6 +212,7 @@ class FewShotClassifier:
         labels = torch.tensor([c for c, xs in enumerate(items.values()) for _ in xs], dtype=torch.long)
         flat = [x for xs in items.values() for x in xs]
         key = self._cache_key(classes, items) if cache is not None else None
+        self.counts = [len(xs) for xs in items.values()]
         if cache is not None:
             state = read_cache(Path(cache), key, classes)
             if state is not None:
@@ -180,6 +224,8 @@ class FewShotClassifier:
             state = self.strategy.fit_support(self.prepare(images), labels.to(self.device), len(classes))
         self.state = {k: v.detach() for k, v in state.items()}
         self.classes, self.fitted_from_cache = classes, False
+        kept = not self.incremental  # enrolment refits on them
+        self.support_images, self.support_labels = (images, labels) if kept else (None, None)
         if cache is not None:
             write_cache(Path(cache), key, classes, self.state)
         return self
@@ -216,12 +262,19 @@ class FewShotClassifier:
     def predict(self, images, *, batch_size: int | None = None) -> list[Prediction]:
         """One :class:`Prediction` per image; folders among ``images`` expand to their image files."""
         items = expand_queries(images) if not (isinstance(images, torch.Tensor) and images.dim() == 4) else list(images)
-        probs = self.predict_proba(items, batch_size=batch_size)
+        logits = self.predict_logits(items, batch_size=batch_size)
+        unknown = self.unknown(logits)
         return [
             Prediction(self.classes[int(p.argmax())], {c: float(v) for c, v in zip(self.classes, p, strict=True)},
-                       describe_item(item, i))
-            for i, (item, p) in enumerate(zip(items, probs, strict=True))
+                       describe_item(item, i), bool(u))
+            for i, (item, p, u) in enumerate(zip(items, logits.softmax(-1), unknown, strict=True))
         ]
+
+    def unknown(self, logits: torch.Tensor) -> torch.Tensor:
+        """Which rows of ``logits`` the open-set calibration rejects (all False without one)."""
+        from metareg.open_set import rejected
+
+        return rejected(self.open_set, logits)
 
 
 def _device(device: str | torch.device) -> torch.device:

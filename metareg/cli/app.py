@@ -20,7 +20,7 @@ _LAZY_COMMANDS = {
     "eval": "metareg.cli.train:eval_cmd",
     "new-plugin": "metareg.cli.new_plugin:new_plugin_cmd",
     "predict": "metareg.cli.deploy:predict_cmd",
-    "export": "metareg.cli.deploy:export_cmd",
+    "export": "metareg.cli.deploy:export_cmd", "enroll": "metareg.cli.enroll:enroll_cmd",
     "check": "metareg.cli.check:check_cmd",
     "runs": "metareg.cli.runs:runs_cmd", "compare": "metareg.cli.runs:compare_cmd",
     "sweep": "metareg.cli.experiments:sweep_cmd",

@@ -15,10 +15,12 @@ OUTPUT_SUFFIXES = (".csv", ".json")
 
 
 @click.command("predict")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path),
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path),
               help="A `metareg run` checkpoint (.ckpt) or a `metareg export --format safetensors` file.")
-@click.option("--support", "-s", required=True, type=click.Path(path_type=Path),
-              help="Folder with one subfolder of labelled images per class: SUPPORT/<class>/<image>.")
+@click.option("--model", "-m", type=click.Path(path_type=Path),
+              help="A .fewshot file (`metareg export --support`): network, support set and open-set threshold.")
+@click.option("--support", "-s", type=click.Path(path_type=Path),
+              help="With --checkpoint: one subfolder of labelled images per class: SUPPORT/<class>/<image>.")
 @click.option("--query", "-q", "queries", required=True, multiple=True, type=click.Path(path_type=Path),
               help="Image file or folder (searched recursively); repeat for more.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
@@ -35,43 +37,56 @@ OUTPUT_SUFFIXES = (".csv", ".json")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1),
               help="Probability columns shown on the terminal (files always hold every class).")
 @click.option("--quiet", is_flag=True, help="Do not print the table.")
-def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], output: Path | None, cache: Path | None,
-                batch_size: int, device: str, invert: bool | None, top: int, quiet: bool) -> None:
-    """Predict the classes of query images from a labelled support folder.
+def predict_cmd(checkpoint: Path | None, model: Path | None, support: Path | None, queries: tuple[Path, ...],
+                output: Path | None, cache: Path | None, batch_size: int, device: str, invert: bool | None, top: int,
+                quiet: bool) -> None:
+    """Predict the classes of query images from a labelled support folder, or with a .fewshot file.
 
     \b
-    Example:
+    Examples:
       metareg predict -c runs/omniglot/checkpoints/last.ckpt -s support/ -q new_images/ -o predictions.csv
+      metareg predict -m model.fewshot -q new_images/      # "unknown" when far from every class
     """
     if output is not None and output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise OptionError(f"--output {str(output)!r}: use a .csv or .json file name")
+    _check_sources(checkpoint, model, support, cache)
     from metareg.files import atomic_write, check_output
     from metareg.predict import FewShotClassifier, collect_queries, read_support_folder
 
     # Outputs that would destroy an input, or replace a link or device, are refused before any work.
-    inputs = (checkpoint, *queries)
+    inputs = (checkpoint or model, *queries)
     if cache is not None:
         check_output(cache, *inputs)
     if output is not None:
         check_output(output, *inputs, cache)
 
     # Every input is checked before the model does any work.
-    n_support = sum(len(v) for v in read_support_folder(support).values())
-    files = collect_queries(queries)
-    clf = FewShotClassifier.from_checkpoint(checkpoint, device=device, invert=invert, batch_size=batch_size)
+    if model is not None:
+        files = collect_queries(queries)
+        clf = FewShotClassifier.load(model, device=device, batch_size=batch_size)
+        clf.invert = clf.invert if invert is None else invert
+        n_support = sum(clf.counts) if clf.counts else "stored"
+    else:
+        n_support = sum(len(v) for v in read_support_folder(support).values())
+        files = collect_queries(queries)
+        clf = FewShotClassifier.from_checkpoint(checkpoint, device=device, invert=invert, batch_size=batch_size)
     start = time.perf_counter()
     query_images = clf.load_images(files)
     decoded = time.perf_counter()
-    clf.fit(support, cache=cache)
+    if model is None:
+        clf.fit(support, cache=cache)
     fitted = time.perf_counter()
-    probs = clf.predict_proba(query_images)
+    logits = clf.predict_logits(query_images)
+    probs, unknown = logits.softmax(-1), clf.unknown(logits).tolist()
     done = time.perf_counter()
     classes = clf.classes
     rows = []
-    for path, p in zip(files, probs.tolist(), strict=True):
+    for path, p, u in zip(files, probs.tolist(), unknown, strict=True):
         best = max(range(len(classes)), key=p.__getitem__)
-        rows.append({"query": str(path), "predicted": classes[best], "probability": p[best],
+        rows.append({"query": str(path), "predicted": "unknown" if u else classes[best], "probability": p[best],
                      "probabilities": dict(zip(classes, p, strict=True))})
+        if clf.open_set:  # the nearest class stays visible beside the refusal
+            rows[-1].update(nearest=classes[best], unknown=bool(u))
     if not quiet:
         _print_table(rows, classes, top)
         if clf.transductive:
@@ -87,7 +102,8 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
                    f"predicting {done - fitted:.2f}s", err=True)
     if output is not None:
         if output.suffix.lower() == ".json":
-            doc = {"checkpoint": str(checkpoint), "support": str(support), "classes": classes, "predictions": rows}
+            doc = {"checkpoint": str(checkpoint or model), "support": str(support or model), "classes": classes,
+                   "predictions": rows}
             atomic_write(output, json.dumps(doc, indent=2) + "\n", inputs=inputs)
         else:
             atomic_write(output, _csv(rows, classes), inputs=inputs)
@@ -95,13 +111,24 @@ def predict_cmd(checkpoint: Path, support: Path, queries: tuple[Path, ...], outp
             click.echo(f"wrote {output}", err=True)
 
 
+def _check_sources(checkpoint: Path | None, model: Path | None, support: Path | None, cache: Path | None) -> None:
+    if (checkpoint is None) == (model is None):
+        raise OptionError("pass either --checkpoint CKPT with --support DIR, or --model FILE.fewshot")
+    if model is not None and (support is not None or cache is not None):
+        raise OptionError(f"--model {str(model)!r} holds its own support set, so --support and --cache do not apply; "
+                          "change its classes with `metareg enroll`")
+    if checkpoint is not None and support is None:
+        raise OptionError("--checkpoint needs --support DIR (SUPPORT/<class>/<image>); or pass --model FILE.fewshot")
+
+
 def _csv(rows: list[dict], classes: list[str]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["query", "predicted", "probability", *(f"p:{c}" for c in classes)])
+    extra = ["nearest", "unknown"] if rows and "unknown" in rows[0] else []
+    writer.writerow(["query", "predicted", "probability", *(f"p:{c}" for c in classes), *extra])
     for r in rows:
         writer.writerow([r["query"], r["predicted"], f"{r['probability']:.6f}",
-                         *(f"{r['probabilities'][c]:.6f}" for c in classes)])
+                         *(f"{r['probabilities'][c]:.6f}" for c in classes), *(str(r[k]) for k in extra)])
     return buf.getvalue()
 
 
@@ -124,12 +151,20 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
 @click.command("export")
 @click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path),
               help="A `metareg run` checkpoint (.ckpt).")
-@click.option("--format", "-f", "fmt", type=click.Choice(["safetensors", "torchscript", "onnx"], case_sensitive=False),
-              help="Default: from the output suffix (.safetensors, .pt, .onnx).")
+@click.option("--format", "-f", "fmt",
+              type=click.Choice(["safetensors", "torchscript", "onnx", "fewshot"], case_sensitive=False),
+              help="Default: from the output suffix (.safetensors, .pt, .onnx, .fewshot).")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path), help="File to write.")
 @click.option("--invert/--no-invert", default=None,
               help="Build pixel inversion into the exported model (default: what the training data recorded).")
-def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | None) -> None:
+@click.option("--support", "-s", type=click.Path(path_type=Path),
+              help="fewshot: the classes to store, SUPPORT/<class>/<image> (prototypes or the fitted head are kept).")
+@click.option("--max-false-accept", default=0.05, show_default=True, type=float,
+              help="fewshot: share of queries of unseen classes that may be accepted; calibrated on episodes of the "
+                   "training dataset's validation classes.")
+@click.option("--no-open-set", is_flag=True, help="fewshot: store no open-set threshold (never answer unknown).")
+def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | None, support: Path | None,
+               max_false_accept: float, no_open_set: bool) -> None:
     """Export a trained model for deployment without metareg's training stack.
 
     \b
@@ -138,6 +173,9 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
                  and embed(images) -> features; needs only torch
     onnx         (support, support_onehot, query) -> probabilities for prototype heads, else the
                  embedding network images -> features; see the metadata's "graph"
+    fewshot      with --support: ONE deployable file (safetensors + JSON): weights, the prepared
+                 support set, class names, the whole preprocessing, the open-set threshold and
+                 provenance; `metareg predict -m`, `metareg enroll`, FewShotClassifier.load
 
     Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
     channels and resized to its image size (see the metadata's "inputs").
@@ -148,6 +186,13 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
 
     fmt = format_for(output, fmt)
     check_output(output, checkpoint)
+    if fmt == "fewshot":
+        from metareg.cli.enroll import export_fewshot
+
+        return export_fewshot(checkpoint, output, support, invert=invert, max_false_accept=max_false_accept,
+                              open_set=not no_open_set)
+    if support is not None:
+        raise OptionError(f"--support is stored only in a .fewshot file; use -o NAME.fewshot (not {fmt})")
     clf = FewShotClassifier.from_checkpoint(checkpoint, invert=invert)
     path = export(clf.model, output, fmt, invert=clf.invert, inputs=(checkpoint,))
     size = path.stat().st_size

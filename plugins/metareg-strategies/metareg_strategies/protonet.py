@@ -26,6 +26,9 @@ class PrototypicalNetworks(metareg.Strategy):
     # ran at 0.63x learn2learn's one-episode loop, while 4 episodes per pass ran at 1.7x (paired,
     # bench/bench_strategies.py; bench/README.md): activations that stay in cache beat one big pass.
     CPU_IMAGES_PER_FORWARD = 400
+    # The support state's rows are one per class, each from that class's images alone, so a deployed
+    # classifier enrols or removes a class without touching the others (metareg enroll).
+    per_class_state = ("prototypes",)
 
     def __init__(self, distance: Distance = "euclidean", temperature: float = 1.0, episodes_per_forward: int = 0):
         super().__init__()
