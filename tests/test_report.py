@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+import metareg.run
 from metareg.cli import cli
 from tests.test_run import DATA, TINY
 
@@ -90,6 +91,11 @@ def test_a_damaged_metrics_file_is_named_in_the_report_not_a_traceback(tmp_path,
             f.write("1,7")
 
     monkeypatch.setattr(run_writers.MetricsLogger, "save", torn)
+
+    def reread(path):
+        raise AssertionError(f"{path} re-read: the summary comes from the results the learner holds")
+
+    monkeypatch.setattr(metareg.run, "read_episodes", reread)  # only ddp_spawn, whose testers are gone, needs it
     out = tmp_path / "torn"
     result = run("--output-dir", str(out))
     assert result.exit_code == 0, result.output
