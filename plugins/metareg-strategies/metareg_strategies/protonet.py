@@ -22,10 +22,12 @@ class PrototypicalNetworks(metareg.Strategy):
         fit CPU_IMAGES_PER_FORWARD images (at least one).
     """
 
-    # On a 2-core CPU a 32-episode 5w5s15q pass (3,200 images: 640 MB of first-layer activations)
-    # ran at 0.63x learn2learn's one-episode loop, while 4 episodes per pass ran at 1.7x (paired,
-    # bench/bench_strategies.py; bench/README.md): activations that stay in cache beat one big pass.
-    CPU_IMAGES_PER_FORWARD = 400
+    # On a 2-core CPU (32 MB L3) the convolutions cost the same per image at any batch size, but batch
+    # norm, ReLU and their backward passes are memory-bound: over 400 images per pass (80 MB of first-layer
+    # activations) they took 2-6x longer per episode than over learn2learn's 100 (torch.profiler, bench/README.md),
+    # and a 32-episode pass ran at 0.63x learn2learn's one-episode loop. About one 5w5s15q episode per pass
+    # keeps them in cache.
+    CPU_IMAGES_PER_FORWARD = 128
     # The support state's rows are one per class, each from that class's images alone, so a deployed
     # classifier enrols or removes a class without touching the others (metareg enroll).
     per_class_state = ("prototypes",)
