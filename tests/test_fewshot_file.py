@@ -106,6 +106,10 @@ def test_export_writes_one_file_that_predicts_as_the_checkpoint(deployed, tmp_pa
     for a, b in zip(answers, reference, strict=True):
         assert a.probabilities == pytest.approx(b.probabilities, abs=1e-5)
 
+    # the file's preprocessing is what a loaded classifier follows, e.g. an export-time --no-invert
+    _export(ckpt, support, tmp_path / "plain.fewshot", "--no-invert", "--no-open-set")
+    assert metareg.FewShotClassifier.load(tmp_path / "plain.fewshot").invert is False
+
     csv_out = tmp_path / "p.csv"
     result = _invoke("predict", "-m", out, "-q", queries, "-o", csv_out)
     assert result.exit_code == 0, result.output
