@@ -7,8 +7,8 @@ Synthetic prototypes (Gaussian, ``--dim`` features) and queries near a random cl
 prototype plus noise). For each class count, each method runs in a fresh process (so its peak
 resident memory is its own) over the same data:
 
-- ``full``: every class scored at once (``-cdist^2`` then top-k), the reference: what
-  ``PrototypeHead.logits`` does today;
+- ``full``: every class scored at once (``-cdist^2``, its log-sum-exp, then top-k), the reference:
+  what ``PrototypeHead.logits`` and a softmax do today;
 - ``exact``: :class:`metareg.prototype_search.ExactSearch`, ``--chunk`` classes at a time;
 - ``exact-bf16``: the same with the prototypes stored and multiplied in bfloat16;
 - ``faiss``: :class:`metareg.prototype_search.FaissSearch` (inverted file, ``--nprobe`` cells), when
@@ -47,7 +47,9 @@ def _data(classes: int, dim: int, queries: int, seed: int = 0):
 
 def _full(protos):
     def search(query, k):
-        return (-torch.cdist(query, protos).pow(2)).topk(k, dim=-1).indices
+        logits = -torch.cdist(query, protos).pow(2)
+        logits.logsumexp(-1)  # the softmax normaliser every probability needs, as ExactSearch computes it
+        return logits.topk(k, dim=-1).indices
     return search
 
 
@@ -98,7 +100,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--queries", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chunk", type=int, default=8192)
+    parser.add_argument("--chunk", type=int, default=4096)
     parser.add_argument("--nprobe", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--one", nargs=2, metavar=("METHOD", "CLASSES"), help=argparse.SUPPRESS)

@@ -30,7 +30,7 @@ from metareg.errors import MetaregError, OptionError
 
 METRICS = ("euclidean", "cosine")
 INDEXES = ("exact", "faiss")
-DEFAULT_CHUNK = 8192
+DEFAULT_CHUNK = 4096
 FAISS_HINT = "pip install 'metareg-core[faiss]' (the faiss-cpu package)"
 
 
@@ -90,28 +90,40 @@ class ExactSearch:
             protos = F.normalize(protos, dim=-1)
         else:  # ||q - p||^2 = ||q||^2 - 2 q.p + ||p||^2; the norms are kept at full precision
             self.sq_norms = protos.pow(2).sum(-1)
+        self.size = protos.shape[0]
+        self.augmented = metric == "euclidean" and self.dtype == self.score_dtype
+        if self.augmented:
+            # [-2p, ||p||^2, 1] . [q, 1, ||q||^2] = ||q - p||^2: one matrix product, no temporaries
+            # (torch.cdist's own trick); in bfloat16 the norms would swamp the products, so not there.
+            ones = torch.ones_like(self.sq_norms).unsqueeze(1)
+            protos = torch.cat([-2 * protos, self.sq_norms.unsqueeze(1), ones], 1)
         self.prototypes = protos.to(self.dtype).contiguous()
 
     def __len__(self) -> int:
-        return self.prototypes.shape[0]
+        return self.size
 
-    def _scores(self, query: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        dots = (query.to(self.dtype) @ self.prototypes[start:stop].t()).to(self.score_dtype)
+    def _scores(self, query: torch.Tensor, query_sq: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+        scores = (query @ self.prototypes[start:stop].t()).to(self.score_dtype)
         if self.metric == "cosine":
-            return dots / self.temperature
-        sq = query.pow(2).sum(-1, keepdim=True) - 2 * dots + self.sq_norms[start:stop]
-        return -sq.clamp_min(0) / self.temperature
+            return scores.mul_(1 / self.temperature)
+        if not self.augmented:
+            scores.mul_(-2).add_(self.sq_norms[start:stop]).add_(query_sq)
+        return scores.clamp_min_(0).mul_(-1 / self.temperature)
 
     def search(self, queries: torch.Tensor, k: int = 5) -> TopK:
         query = queries.detach().to(self.prototypes.device, self.score_dtype)
         if self.metric == "cosine":
             query = F.normalize(query, dim=-1)
+        query_sq = None if self.metric == "cosine" else query.pow(2).sum(-1, keepdim=True)
+        if self.augmented:
+            query = torch.cat([query, torch.ones_like(query_sq), query_sq], 1)
+        query = query.to(self.dtype)
         k = max(1, min(int(k), len(self)))
         best = torch.full((query.shape[0], 0), float("-inf"), dtype=self.score_dtype, device=query.device)
         best_idx = torch.zeros((query.shape[0], 0), dtype=torch.long, device=query.device)
         lse = torch.full((query.shape[0],), float("-inf"), dtype=self.score_dtype, device=query.device)
         for start, stop in chunk_bounds(len(self), self.chunk_size):
-            scores = self._scores(query, start, stop)
+            scores = self._scores(query, query_sq, start, stop)
             lse = torch.logaddexp(lse, scores.logsumexp(-1))
             top, idx = scores.topk(min(k, stop - start), dim=-1)
             merged, pos = torch.cat([best, top], 1).topk(min(k, best.shape[1] + top.shape[1]), dim=-1)
