@@ -23,7 +23,7 @@ _LAZY_COMMANDS = {
     "export": "metareg.cli.deploy:export_cmd", "enroll": "metareg.cli.enroll:enroll_cmd",
     "check": "metareg.cli.check:check_cmd",
     "runs": "metareg.cli.runs:runs_cmd", "compare": "metareg.cli.runs:compare_cmd",
-    "sweep": "metareg.cli.experiments:sweep_cmd",
+    "sweep": "metareg.cli.experiments:sweep_cmd", "table": "metareg.cli.experiments:table_cmd",
 }
 
 
