@@ -78,7 +78,7 @@ def draw(curves: Curves, title: str) -> bytes:
         acc_ax.plot(*zip(*curves.val_acc, strict=True), "o-", color="tab:orange", label="validation")
     acc_ax.set(xlabel="optimizer step", ylabel="accuracy (%)", title="accuracy")
     if curves.train_acc or curves.val_acc:
-        acc_ax.legend(loc="lower right")
+        acc_ax.legend(loc="best")
     fig.suptitle(title)
     fig.tight_layout()
     buffer = io.BytesIO()
