@@ -42,3 +42,30 @@ def git_commit() -> dict | None:
     # Uncommitted changes to tracked files mean the commit alone does not reproduce the result.
     changes = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit, "dirty": bool(changes) if changes is not None else None}
+
+
+def components(config, plugins) -> dict:
+    """Each component as it ran: its own name (an alias typed resolves to it), the plugin that provided it, and
+    every option, defaults included, so results can be grouped (``metareg table``) without the registry."""
+    import json
+
+    from metareg.build import resolve
+    from metareg.errors import MetaregError
+    from metareg.options import bind, describe
+    from metareg.registry import Registry
+
+    registry = Registry(plugins)
+    out = {}
+    for k in kinds.ALL:
+        name, given = getattr(config, k.config_field), dict(getattr(config, k.options_field) or {})
+        try:
+            r = resolve(registry, k.plural, name, given)
+            options = bind(r.factory, r.options, component=f"{k.singular} {r.name!r}", kind=k.plural)
+            options = {o.name: o.default for o in describe(r.factory, kind=k.plural) if not o.required} | options
+        except MetaregError:  # a dataset object built in Python has no registry entry: as it was given
+            out[k.singular] = {"name": name, "plugin": None, "options": given}
+            continue
+        # As JSON holds them: tuples as lists, anything else as its text.
+        out[k.singular] = {"name": r.name, "plugin": r.provider.qualified_name,
+                           "options": json.loads(json.dumps(options, default=str))}
+    return out

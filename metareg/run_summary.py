@@ -18,17 +18,18 @@ from metareg.files import atomic_write
 
 def finish(run_dir: Path, config: RunConfig, plugins, accuracies, extra: dict) -> tuple[Report, dict[str, Any]]:
     """Summarise the per-episode test ``accuracies`` into ``run_dir/summary.json``; the report and the summary."""
+    from metareg.provenance import components
+
     report = summarise(accuracies, config.eval_ways, config.eval_shots, config.eval_queries)
+    named = components(config, plugins)  # canonical names (not the alias typed) and every option
     summary = {
         **report.as_dict(),
         "line": report.line(),
         "seed": config.seed,
-        "dataset": config.dataset,
-        "backbone": config.backbone,
-        "transform": config.transform,
-        "strategy": config.strategy,
+        **{kind: c["name"] for kind, c in named.items()},  # dataset, backbone, transform, strategy
         **extra,
         **_provenance(run_dir, config),
+        "components": named,
         "versions": _versions(plugins),
     }
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
