@@ -272,6 +272,7 @@ def sweep(config: str | os.PathLike | Mapping | RunConfig | None, grid: Mapping[
     """
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs!r}")
+    grid = {str(k).replace("-", "_"): list(v) for k, v in grid.items()}  # values read once, keys as settings
     settings = base_settings(config)
     members = plan(settings, grid)  # every member checked before any folder is touched
     if output_dir is None:
@@ -285,8 +286,7 @@ def sweep(config: str | os.PathLike | Mapping | RunConfig | None, grid: Mapping[
         raise ConfigError(f"cannot create the sweep folder {str(path)!r}: {exc.strerror or exc}") from None
     with _locked(path):
         doc = check_folder(path, settings)  # again, now that no other sweep can change it
-        result = Sweep(path, settings, {str(k): [v for v in vs] for k, vs in grid.items()},
-                       _merge(members, doc))
+        result = Sweep(path, settings, grid, _merge(members, doc))
         for m in result.members:
             m.status = state(path / m.name)  # the directories, not the index, say what ran
         _run_all(result, [m for m in result.members if m.config is not None], jobs, echo,

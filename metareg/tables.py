@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from metareg import compare, kinds
+from metareg.config import OPTION_SECTIONS
 from metareg.errors import ConfigError
 from metareg.evaluation import ci95_halfwidth
 from metareg.rundir import read_marker
@@ -130,6 +131,12 @@ def _canonical(kind: kinds.Kind, name: str) -> str:
         return name
 
 
+def _recorded_options(t: Tested, section: str) -> dict | None:
+    kind = next((k for k in kinds.ALL if k.options_field == section), None)
+    recorded = (t.summary.get("components") or {}).get(kind.singular) if kind else None
+    return recorded.get("options") if isinstance(recorded, dict) else None
+
+
 def value(t: Tested, key: str) -> str:
     """A run's value of a --by key: a component (its canonical name), a setting, or ``section.option``."""
     head, dot, option = key.partition(".")
@@ -139,8 +146,7 @@ def value(t: Tested, key: str) -> str:
         name = (recorded.get(kind.singular) or {}).get("name")
         return str(name) if name else _canonical(kind, str(t.config.get(head, t.summary.get(head))))
     if dot:
-        kind = next((k for k in kinds.ALL if k.options_field == head), None)
-        options = (recorded.get(kind.singular) or {}).get("options") if kind else None
+        options = _recorded_options(t, head)
         if options is None:  # a run from before summary.json recorded every option: what its config gave
             options = t.config.get(head) or {}
         return str(options[option]) if option in options else "default"
@@ -148,7 +154,7 @@ def value(t: Tested, key: str) -> str:
 
 
 def check_by(keys: list[str]) -> None:
-    from metareg.config import OPTION_SECTIONS, RunConfig
+    from metareg.config import RunConfig
 
     for key in keys:
         head, dot, option = key.partition(".")
@@ -165,9 +171,10 @@ def _differences(a: Tested, b: Tested, by: list[str]) -> list[str]:
         if key in COMPONENTS:
             if value(a, key) != value(b, key):
                 out.append(key)
-        elif isinstance(a.config.get(key), dict) or isinstance(b.config.get(key), dict):
-            x, y = a.config.get(key) or {}, b.config.get(key) or {}
-            out += [f"{key}.{o}" for o in sorted({*x, *y}) if f"{key}.{o}" not in by and str(x.get(o)) != str(y.get(o))]
+        elif key in OPTION_SECTIONS:  # as recorded with their defaults: `temperature: 1` typed or not is one method
+            names = {o for t in (a, b) for o in (*(t.config.get(key) or {}), *(_recorded_options(t, key) or {}))}
+            out += [f"{key}.{o}" for o in sorted(names)
+                    if f"{key}.{o}" not in by and value(a, f"{key}.{o}") != value(b, f"{key}.{o}")]
         elif a.config.get(key) != b.config.get(key):
             out.append(key)
     return out

@@ -55,6 +55,12 @@ def test_every_combination_runs_into_its_own_directory_with_an_index(swept):
         run = folder / member["run_dir"]
         summary = json.loads((run / "summary.json").read_text())
         assert summary["seed"] == int(member["overrides"]["seed"])
+        # summary.json names the component the alias `protonet` stands for, with every option it ran with.
+        strategy = {"protonet": "prototypicalnetworks"}.get(member["overrides"]["strategy"], "default")
+        assert summary["strategy"] == summary["components"]["strategy"]["name"] == strategy
+        assert summary["components"]["strategy"]["plugin"] == f"strategies:{strategy}"
+        assert summary["components"]["strategy"]["options"]["temperature"] in (1.0, 0.1)  # defaults recorded too
+        assert summary["components"]["backbone"]["options"]["hidden"] == 8
         assert member["accuracy"] == summary["accuracy"]
         assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "test_episodes.csv").is_file()
         settings = yaml.safe_load((folder / member["config"]).read_text())
@@ -135,3 +141,35 @@ def test_a_sweep_folder_is_not_continued_with_other_base_settings(swept, base, t
     result = CliRunner().invoke(cli, ["sweep", str(other), *GRID, "-o", str(folder)])
     assert result.exit_code == 2 and "other base settings (ways differ)" in result.output
     assert (folder / "sweep.json").read_text() == before
+
+
+ROW = {"markdown": "| {} | 2 | ", "csv": "{},0 1,3,1,2,4,", "latex": "{} & 2 & "}
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "csv", "latex"])
+def test_a_table_of_the_sweep_has_a_row_per_strategy_paired_against_the_baseline(swept, fmt):
+    folder, _ = swept
+    result = invoke("table", str(folder), "--by", "strategy", "--protocol", "3w1s", "--baseline",
+                    "prototypicalnetworks", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    # The grid typed the alias `protonet`; the row carries the name it stands for.
+    rows = [next(line for line in lines if line.startswith(ROW[fmt].format(name)))
+            for name in ("prototypicalnetworks", "default")]
+    assert not any(line.startswith(ROW[fmt].format("protonet")) for line in lines)
+    if fmt == "csv":
+        assert rows[0].endswith(",prototypicalnetworks,,,,,")  # the baseline itself
+        assert rows[1].endswith(",8")  # 2 seeds x 4 shared test episodes paired
+    else:
+        assert "baseline" in rows[0] and "baseline" not in rows[1] and "±" in result.output
+        assert "Student's t" in result.output and "mean of the runs' own 95% CIs" in result.output
+
+
+def test_a_member_that_fails_at_run_time_is_recorded_and_the_sweep_exits_1(base, tmp_path):
+    # Valid settings the data cannot serve (100 queries from 6 images per class) fail in the run, not up front.
+    folder = tmp_path / "failing"
+    result = CliRunner().invoke(cli, ["sweep", str(base), "--grid", "queries=100", "-o", str(folder)])
+    assert result.exit_code == 1, result.output
+    assert "queries-100: failed: Error: " in result.output and "sweep: 1 failed" in result.output
+    member = json.loads((folder / "sweep.json").read_text())["members"][0]
+    assert member["status"] == "failed" and member["error"].startswith("Error: ") and "queries" in member["error"]

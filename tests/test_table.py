@@ -20,7 +20,8 @@ EPISODES = 10
 
 
 def make_run(path: Path, strategy: str, seed: int, accuracies: list[float], *, ways: int = 5, shots: int = 1,
-             queries: int = 5, lr: float = 0.001, kind: str = "run", temperature=None) -> Path:
+             queries: int = 5, lr: float = 0.001, kind: str = "run", temperature=None,
+             recorded: dict | None = None) -> Path:
     """A finished run as metareg leaves it (no training): marker, config.yaml, test_episodes.csv, summary.json."""
     path.mkdir(parents=True)
     (path / ".metareg-run").write_text(json.dumps({"kind": kind, "metareg_version": "0.1.0"}) + "\n")
@@ -33,7 +34,10 @@ def make_run(path: Path, strategy: str, seed: int, accuracies: list[float], *, w
     (path / "test_episodes.csv").write_text("episode,accuracy\n" + "".join(
         f"{i},{a:.6f}\n" for i, a in enumerate(accuracies)))
     report = summarise(accuracies, ways, shots, queries)
-    (path / "summary.json").write_text(json.dumps({**report.as_dict(), "seed": seed, "strategy": strategy}))
+    summary = {**report.as_dict(), "seed": seed, "strategy": strategy}
+    if recorded is not None:  # what summary.json records since issue 19: every option, defaults included
+        summary["components"] = {"strategy": {"name": strategy, "options": recorded}}
+    (path / "summary.json").write_text(json.dumps(summary))
     return path
 
 
@@ -110,6 +114,18 @@ def test_rows_by_an_option_and_an_evaluation_at_another_protocol(tmp_path):
     assert float(rows[1]["accuracy_pct"]) > float(rows[0]["accuracy_pct"]) > 80
     mixed = table(tmp_path, "--by", "strategy")
     assert mixed.exit_code == 2 and "differ in strategy_options.temperature" in mixed.output
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_an_option_left_at_its_default_and_the_same_value_typed_are_one_method(tmp_path, recorded):
+    options = {"distance": "euclidean", "temperature": 1.0} if recorded else None
+    make_run(tmp_path / "a", "prototypicalnetworks", 0, accuracies(14, 0), recorded=options)
+    make_run(tmp_path / "b", "prototypicalnetworks", 1, accuracies(14, 1), temperature="1", recorded=options)
+    result = table(tmp_path, "--by", "strategy")
+    if recorded:
+        assert result.exit_code == 0 and "| prototypicalnetworks | 2 |" in result.output, result.output
+    else:  # older summaries without the options: the config's values, which differ, are all there is to go on
+        assert result.exit_code == 2 and "differ in strategy_options.temperature" in result.output
 
 
 @pytest.mark.parametrize(("broken", "message"), [
