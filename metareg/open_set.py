@@ -47,7 +47,7 @@ class EpisodeScores:
 
 
 def episode_scores(clf, split, *, ways: int, shots: int, queries: int, episodes: int, seed: int,
-                   per_forward: int = 8) -> EpisodeScores:
+                   per_forward: int = 8, score_fn=score) -> EpisodeScores:
     """Open-set episodes drawn from one split (a :class:`metareg.ClassSplit` in the dataset's pixel convention).
 
     Each episode: ``ways`` known classes (``shots`` support and ``queries`` query images each) and
@@ -71,8 +71,8 @@ def episode_scores(clf, split, *, ways: int, shots: int, queries: int, episodes:
     index = torch.stack(index)  # (episodes, support + known queries + unknown queries)
     logits = torch.cat([_logits(clf, split, part, ways, shots) for part in index.split(per_forward)])
     n = ways * queries
-    return EpisodeScores(score(logits[:, :n]).flatten(), (logits[:, :n].argmax(-1) == qlabels).flatten(),
-                         score(logits[:, n:]).flatten())
+    return EpisodeScores(score_fn(logits[:, :n]).flatten(), (logits[:, :n].argmax(-1) == qlabels).flatten(),
+                         score_fn(logits[:, n:]).flatten())
 
 
 def _logits(clf, split, index: torch.Tensor, ways: int, shots: int) -> torch.Tensor:
@@ -122,6 +122,11 @@ def auroc(known: torch.Tensor, unknown: torch.Tensor) -> float:
 
 def validation_split(clf, registry=None):
     """The validation classes of the dataset the model was trained on, rebuilt through the registry."""
+    return training_dataset(clf, registry).validation
+
+
+def training_dataset(clf, registry=None):
+    """The dataset the model was trained on, rebuilt through the registry from the checkpoint's config."""
     from metareg.build import resolve
     from metareg.errors import MetaregError
     from metareg.registry import Registry
@@ -135,7 +140,7 @@ def validation_split(clf, registry=None):
     if (dataset.channels, dataset.image_size) != (clf.channels, clf.image_size):
         raise ConfigError(f"dataset {config.dataset!r} now gives {dataset.channels}x{dataset.image_size}px images, "
                           f"the model takes {clf.channels}x{clf.image_size}px; {_OFF}")
-    return dataset.validation
+    return dataset
 
 
 def calibrate(clf, *, max_false_accept: float = 0.05, split=None, ways: int | None = None, shots: int | None = None,

@@ -298,3 +298,29 @@ def test_calibration_without_the_training_dataset_names_the_way_out(tmp_path):
     _refused("export", "-c", ckpt, "-s", support, "-o", tmp_path / "t.fewshot", match="--no-open-set")
     assert not (tmp_path / "t.fewshot").exists()
     assert _invoke("export", "-c", ckpt, "-s", support, "-o", tmp_path / "t.fewshot", "--no-open-set").exit_code == 0
+
+
+# ---------------------------------------------------------------------------- ONNX forms
+
+
+def test_onnx_with_stored_prototypes_and_embedding_only(deployed, tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    ckpt, support, queries = deployed
+    out, emb = tmp_path / "model.onnx", tmp_path / "embed.onnx"
+    _export(ckpt, support, out, "--no-open-set")
+    assert _invoke("export", "-c", ckpt, "-o", emb, "--embedding-only").exit_code == 0
+    clf = metareg.FewShotClassifier.from_checkpoint(ckpt).fit(support)
+    files = sorted(queries.rglob("*.png"))
+    pixels = (clf.load_images(files).float() / 255).numpy()  # what a deployment feeds: file pixels / 255
+    session = ort.InferenceSession(str(out))
+    probs, logits, features = session.run(None, {"images": pixels})  # queries only: the support set is stored
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["metareg"])
+    assert meta["classes"] == clf.classes and meta["preprocessing"]["crop"] == "center"
+    assert torch.allclose(torch.tensor(probs), clf.predict_proba(files), atol=1e-4)
+    (emb_features,) = ort.InferenceSession(str(emb)).run(None, {"images": pixels})
+    assert np.allclose(emb_features, features, atol=1e-4) and emb_features.shape == (8, 8)
+    # a strategy without a prototype head cannot store its support set in a graph: refused by name
+    other = _checkpoint(tmp_path / "maml.ckpt", "maml")
+    _refused("export", "-c", other, "-s", support, "-o", tmp_path / "maml.onnx", "--no-open-set",
+             match="--embedding-only")

@@ -163,8 +163,9 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
               help="fewshot: share of queries of unseen classes that may be accepted; calibrated on episodes of the "
                    "training dataset's validation classes.")
 @click.option("--no-open-set", is_flag=True, help="fewshot: store no open-set threshold (never answer unknown).")
+@click.option("--embedding-only", is_flag=True, help="onnx: the embedding network alone, images -> features.")
 def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | None, support: Path | None,
-               max_false_accept: float, no_open_set: bool) -> None:
+               max_false_accept: float, no_open_set: bool, embedding_only: bool) -> None:
     """Export a trained model for deployment without metareg's training stack.
 
     \b
@@ -176,6 +177,8 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
     fewshot      with --support: ONE deployable file (safetensors + JSON): weights, the prepared
                  support set, class names, the whole preprocessing, the open-set threshold and
                  provenance; `metareg predict -m`, `metareg enroll`, FewShotClassifier.load
+    onnx --support  images -> probabilities, logits, features with the prototypes stored
+    onnx --embedding-only  images -> features
 
     Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
     channels and resized to its image size (see the metadata's "inputs").
@@ -186,13 +189,13 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
 
     fmt = format_for(output, fmt)
     check_output(output, checkpoint)
-    if fmt == "fewshot":
+    if fmt == "fewshot" or (fmt == "onnx" and (support is not None or embedding_only)):
         from metareg.cli.enroll import export_fewshot
 
         return export_fewshot(checkpoint, output, support, invert=invert, max_false_accept=max_false_accept,
-                              open_set=not no_open_set)
-    if support is not None:
-        raise OptionError(f"--support is stored only in a .fewshot file; use -o NAME.fewshot (not {fmt})")
+                              open_set=not no_open_set, fmt=fmt, embedding_only=embedding_only)
+    if support is not None or embedding_only:
+        raise OptionError(f"--support and --embedding-only apply to .fewshot and .onnx files, not {fmt}")
     clf = FewShotClassifier.from_checkpoint(checkpoint, invert=invert)
     path = export(clf.model, output, fmt, invert=clf.invert, inputs=(checkpoint,))
     size = path.stat().st_size

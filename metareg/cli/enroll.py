@@ -10,12 +10,49 @@ from metareg.errors import OptionError
 
 
 def export_fewshot(checkpoint: Path, output: Path, support: Path | None, *, invert: bool | None,
-                   max_false_accept: float, open_set: bool) -> None:
-    """Fit the support set, calibrate the open-set threshold, write one file (every input checked first)."""
+                   max_false_accept: float, open_set: bool, fmt: str = "fewshot", embedding_only: bool = False) -> None:
+    """Fit the support set, calibrate the open-set threshold, write one file (every input checked first).
+
+    ``fmt="onnx"``: the ONNX graph with the prototypes stored (:mod:`metareg.onnx_support`), or with
+    ``embedding_only`` the embedding network alone (no support set needed).
+    """
+    from metareg.predict import FewShotClassifier
+
+    if fmt == "onnx" and embedding_only:
+        if support is not None:
+            raise OptionError("--embedding-only stores no classes: drop --support, or drop --embedding-only")
+        from metareg.files import atomic_write
+        from metareg.onnx_support import onnx_bytes
+
+        clf = FewShotClassifier.from_checkpoint(checkpoint, invert=invert)
+        path = atomic_write(output, onnx_bytes(clf, embedding_only=True), inputs=(checkpoint,))
+        click.echo(f"wrote {path} (onnx, embedding only: images -> features; {path.stat().st_size / 1e6:.2f} MB)")
+        return
+    clf = fitted(checkpoint, support, invert=invert, max_false_accept=max_false_accept, open_set=open_set)
+    if fmt == "onnx":
+        from metareg.files import atomic_write
+        from metareg.onnx_support import onnx_bytes
+
+        path = atomic_write(output, onnx_bytes(clf), inputs=(checkpoint,))
+    else:
+        path = clf.save(output, inputs=(checkpoint,), checkpoint=checkpoint)
+    click.echo(f"wrote {path} ({fmt}, {path.stat().st_size / 1e6:.2f} MB; {len(clf.classes)} classes, "
+               f"{sum(clf.counts)} support images, strategy {clf.strategy_name}; inputs: "
+               f"{clf.channels}x{clf.image_size}x{clf.image_size}, invert={clf.invert})")
+    if clf.open_set:
+        o = clf.open_set
+        click.echo(f"open set: threshold {o['threshold']:.4g} on the {o['score']} calibrated on "
+                   f"{o['calibrated_on']['episodes']} episodes of {o['calibrated_on']['classes']} validation classes: "
+                   f"false accept {o['false_accept']:.1%}, false reject {o['false_reject']:.1%}, "
+                   f"AUROC {o['auroc']:.3f}")
+
+
+def fitted(checkpoint: Path, support: Path | None, *, invert: bool | None, max_false_accept: float, open_set: bool):
+    """The checkpoint's classifier fitted on ``support``, with its open-set calibration."""
     from metareg.predict import FewShotClassifier, read_support_folder
 
     if support is None:
-        raise OptionError("a .fewshot file stores its classes: pass --support DIR (SUPPORT/<class>/<image>)")
+        raise OptionError("the file stores its classes: pass --support DIR (SUPPORT/<class>/<image>)")
     if open_set and not 0 < max_false_accept < 1:
         raise OptionError(f"--max-false-accept must lie strictly between 0 and 1, got {max_false_accept}")
     folders = read_support_folder(support)
@@ -33,16 +70,7 @@ def export_fewshot(checkpoint: Path, output: Path, support: Path | None, *, inve
         from metareg.open_set import calibrate
 
         clf.open_set = calibrate(clf, max_false_accept=max_false_accept, split=split)
-    path = clf.save(output, inputs=(checkpoint,), checkpoint=checkpoint)
-    click.echo(f"wrote {path} (fewshot, {path.stat().st_size / 1e6:.2f} MB; {len(clf.classes)} classes, "
-               f"{sum(clf.counts)} support images, strategy {clf.strategy_name}; inputs: "
-               f"{clf.channels}x{clf.image_size}x{clf.image_size}, invert={clf.invert})")
-    if clf.open_set:
-        o = clf.open_set
-        click.echo(f"open set: threshold {o['threshold']:.4g} on the {o['score']} calibrated on "
-                   f"{o['calibrated_on']['episodes']} episodes of {o['calibrated_on']['classes']} validation classes: "
-                   f"false accept {o['false_accept']:.1%}, false reject {o['false_reject']:.1%}, "
-                   f"AUROC {o['auroc']:.3f}")
+    return clf
 
 
 @click.command("enroll")
