@@ -36,8 +36,14 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def _name(source) -> str:
+    """How an error names an image: its path, or the ``name`` of an open binary file (an upload held in memory)."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else str(getattr(source, "name", "image"))
+
+
 def _opened(path: str | os.PathLike):
-    """``Image.open`` that refuses decompression bombs and unreadable files with a :class:`DataError`."""
+    """``Image.open`` that refuses decompression bombs and unreadable files with a :class:`DataError`;
+    ``path`` may also be a binary file object (``io.BytesIO`` with a ``name``), which touches no file."""
     from PIL import Image, UnidentifiedImageError
 
     with warnings.catch_warnings():
@@ -49,12 +55,12 @@ def _opened(path: str | os.PathLike):
             found = re.search(r"\((\d+) pixels\)", str(exc))
             size = f"{found.group(1)} pixels" if found else "too many pixels"
             raise DataError(
-                f"image {os.fspath(path)!r} has {size}, more than the limit PIL.Image.MAX_IMAGE_PIXELS = "
+                f"image {_name(path)!r} has {size}, more than the limit PIL.Image.MAX_IMAGE_PIXELS = "
                 f"{Image.MAX_IMAGE_PIXELS} (Pillow's guard against decompression bombs); shrink or remove the "
                 "image, or raise that limit in Python if you trust the file"
             ) from None
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise DataError(f"cannot read image {os.fspath(path)!r}: {type(exc).__name__}: {exc}; {_FIX}") from None
+            raise DataError(f"cannot read image {_name(path)!r}: {type(exc).__name__}: {exc}; {_FIX}") from None
 
 
 def _check_mode(mode: str, name: str) -> None:
@@ -67,11 +73,11 @@ def check_image(path: str | os.PathLike) -> None:
     """Cheap up-front check of a file that is decoded later: readable, not a bomb, a mode metareg reads."""
     image = _opened(path)
     with image:
-        _check_mode(image.mode, os.fspath(path))
+        _check_mode(image.mode, _name(path))
         try:
             image.verify()
         except Exception as exc:  # noqa: BLE001 - verify raises whatever the decoder raises
-            raise DataError(f"cannot read image {os.fspath(path)!r}: {type(exc).__name__}: {exc}; {_FIX}") from None
+            raise DataError(f"cannot read image {_name(path)!r}: {type(exc).__name__}: {exc}; {_FIX}") from None
 
 
 def open_image(path: str | os.PathLike):
@@ -83,8 +89,8 @@ def open_image(path: str | os.PathLike):
             image.load()  # decode now: a truncated file fails here, not in the middle of a run
             upright = ImageOps.exif_transpose(image)  # a detached copy, so the file can close
         except Exception as exc:  # noqa: BLE001 - decoders raise anything from OSError to struct.error
-            raise DataError(f"cannot read image {os.fspath(path)!r}: {type(exc).__name__}: {exc}; {_FIX}") from None
-    return to_8bit(upright, os.fspath(path))
+            raise DataError(f"cannot read image {_name(path)!r}: {type(exc).__name__}: {exc}; {_FIX}") from None
+    return to_8bit(upright, _name(path))
 
 
 def to_8bit(image, name: str = "image"):

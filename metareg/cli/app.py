@@ -21,7 +21,7 @@ _LAZY_COMMANDS = {
     "new-plugin": "metareg.cli.new_plugin:new_plugin_cmd",
     "predict": "metareg.cli.deploy:predict_cmd",
     "export": "metareg.cli.deploy:export_cmd", "enroll": "metareg.cli.enroll:enroll_cmd",
-    "check": "metareg.cli.check:check_cmd",
+    "check": "metareg.cli.check:check_cmd", "serve": "metareg.cli.serve:serve_cmd",
     "runs": "metareg.cli.runs:runs_cmd", "compare": "metareg.cli.runs:compare_cmd",
     "sweep": "metareg.cli.experiments:sweep_cmd", "table": "metareg.cli.experiments:table_cmd",
 }
