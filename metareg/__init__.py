@@ -59,6 +59,7 @@ _LAZY = {
     "MetaLearner": "metareg.learner",
     "EpisodeDataModule": "metareg.datamodule",
     "FewShotClassifier": "metareg.predict",
+    "Prediction": "metareg.predict",
     "read_image": "metareg.images",
     "check_image": "metareg.images",
     "is_image_file": "metareg.images",

@@ -289,6 +289,20 @@ def test_bad_input_gives_one_line_and_exit_2(deployed, tmp_path):
     assert not (tmp_path / "x.fewshot").exists()
 
 
+def test_enrolment_on_a_full_disk_keeps_the_previous_file(deployed, tmp_path):
+    from tests.disk_faults import full_disk
+
+    ckpt, support, queries = deployed
+    models = tmp_path / "models"
+    models.mkdir()
+    out = models / "model.fewshot"
+    _export(ckpt, support, out, "--no-open-set")
+    before = out.read_bytes()
+    with full_disk(models):
+        _refused("enroll", out, "--class", "new", queries / "char00", match="No space left on device")
+    assert out.read_bytes() == before and [p.name for p in models.iterdir()] == ["model.fewshot"]
+
+
 def test_calibration_without_the_training_dataset_names_the_way_out(tmp_path):
     from tests.test_export import _checkpoint as tiny_checkpoint
     from tests.test_export import _folders
