@@ -286,10 +286,14 @@ def read_safetensors_export(path: str | os.PathLike) -> tuple[dict[str, Any], di
 
     try:
         with safe_open(os.fspath(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("metareg")
-            state = {k: fh.get_tensor(k) for k in fh.keys()}
+            header = fh.metadata() or {}
+            raw = header.get("metareg")
+            state = {k: fh.get_tensor(k) for k in fh.keys()} if raw else {}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file: {exc}") from None
+    if "metareg-fewshot" in header:  # metareg.fewshot_file.FORMAT: the support set travels with it
+        raise CheckpointError(f"{str(path)!r} is a .fewshot file (its support set included): predict with "
+                              f"`metareg predict -m {path}` or metareg.FewShotClassifier.load")
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:

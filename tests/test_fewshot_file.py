@@ -274,6 +274,7 @@ def test_bad_input_gives_one_line_and_exit_2(deployed, tmp_path):
     assert _invoke("export", "-c", ckpt, "-o", safetensors).exit_code == 0
     _refused("predict", "-m", safetensors, "-q", queries, match="not a .fewshot file")
     _refused("predict", "-m", out, "-s", support, "-q", queries, match="holds its own support set")
+    _refused("predict", "-c", out, "-s", support, "-q", queries, match="predict -m")
     _refused("predict", "-q", queries, match="pass either --checkpoint")
     _refused("export", "-c", ckpt, "-o", tmp_path / "x.fewshot", match="pass --support DIR")
     _refused("export", "-c", ckpt, "-s", support, "-o", tmp_path / "x.fewshot", "--max-false-accept", "1.5",
