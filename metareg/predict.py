@@ -21,6 +21,11 @@ overridden (``--invert/--no-invert``).
 Every input is checked (folders, class counts, every image decoded) before any
 model work starts (:mod:`metareg.predict_inputs`); problems raise :class:`metareg.DataError`
 naming the file. The support state can be cached (:mod:`metareg.support_cache`).
+
+Deployment: ``save(path)`` / ``load(path)`` keep a fitted classifier in one ``.fewshot`` file
+(:mod:`metareg.fewshot_file`), with an open-set threshold (:mod:`metareg.open_set`: a query far
+from every class is ``unknown``); ``add_class`` / ``remove_class`` change its classes without
+retraining (:mod:`metareg.enroll`).
 """
 from __future__ import annotations
 
