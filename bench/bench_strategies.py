@@ -24,7 +24,7 @@ Usage:  python bench/bench_strategies.py [--compare maml protonet ...] [--pairs 
         [--device cpu|cuda] [--tasks 32] [--bf16] [--channels-last/--no-channels-last] [--compile]
         [--episodes-per-forward N] [--profile N] [--data images_background.zip] [--threads N]
 The first run decodes the Omniglot zip (about half a minute) into .cache/bench/omniglot28.npz;
-``--synthetic`` uses random images of the same shape instead (the dry run of bench/gpu_check.sh).
+``--synthetic`` uses random 16 px images instead (the dry run of bench/gpu_check.sh).
 """
 from __future__ import annotations
 
@@ -113,12 +113,12 @@ def omniglot(zip_path: Path, size: int = 28):
     return x, y
 
 
-def synthetic(classes: int = 100, per_class: int = 20):
-    """Random images shaped like Omniglot's: timings only, for dry runs without the data."""
+def synthetic(classes: int = 100, per_class: int = 20, size: int = 16):
+    """Random images like Omniglot's but 16 px (the smallest both Conv-4s take): dry runs without the data."""
     import numpy as np
 
     rng = np.random.default_rng(0)
-    x = rng.random((classes * per_class, 1, 28, 28), dtype=np.float32)
+    x = rng.random((classes * per_class, 1, size, size), dtype=np.float32)
     return x, np.repeat(np.arange(classes), per_class)
 
 
@@ -135,10 +135,11 @@ def metareg_loop(name: str, x, y, a: argparse.Namespace):
     module, attr = factory_ref.split(":")
     factory = getattr(importlib.import_module(module), attr)
     torch.manual_seed(0)
-    backbone = getattr(conv, backbone_name)(channels=1, image_size=28)
+    size = x.shape[-1]
+    backbone = getattr(conv, backbone_name)(channels=1, image_size=size)
     classes = [f"c{i}" for i in range(int(y.max()) + 1)]
     task = metareg.TaskInfo(ways=WAYS, shots=shots, queries=queries, test_ways=WAYS, test_shots=shots,
-                            test_queries=queries, num_train_classes=len(classes), channels=1, image_size=28,
+                            test_queries=queries, num_train_classes=len(classes), channels=1, image_size=size,
                             feature_dim=backbone.out_features)
     strategy = factory(**options)
     if name.endswith("-whole"):

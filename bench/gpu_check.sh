@@ -38,7 +38,7 @@ if [ "$device" = cuda ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
 fi
 
 if [ "$quick" = 1 ]; then
-    data=(--synthetic) tasks=(2) pairs=(--pairs 2 --warmup 1) budget=600
+    data=(--synthetic) tasks=(1) pairs=(--pairs 2 --warmup 1) budget=600
     episodes_args=(--synthetic --pairs 2) eval_args=(--synthetic --tasks 2 --pairs 2 --hidden 16)
     transform_args=(--batch 4 --size 28 --pairs 2) predict_args=(--queries 5 --pairs 2 --hidden 16)
     minute_args=(--quick --seconds 2 --test-num-tasks 4)
