@@ -24,7 +24,7 @@ Usage:  python bench/bench_strategies.py [--compare maml protonet ...] [--pairs 
         [--device cpu|cuda] [--tasks 32] [--bf16] [--channels-last/--no-channels-last] [--compile]
         [--episodes-per-forward N] [--profile N] [--data images_background.zip] [--threads N]
 The first run decodes the Omniglot zip (about half a minute) into .cache/bench/omniglot28.npz;
-``--synthetic`` uses random 16 px images instead (the dry run of bench/gpu_check.sh).
+``--synthetic`` uses random images of the same shape instead (the dry run of bench/gpu_check.sh).
 """
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ def omniglot(zip_path: Path, size: int = 28):
     return x, y
 
 
-def synthetic(classes: int = 100, per_class: int = 20, size: int = 16):
-    """Random images like Omniglot's but 16 px (the smallest both Conv-4s take): dry runs without the data."""
+def synthetic(classes: int = 100, per_class: int = 20, size: int = 28):
+    """Random images shaped like Omniglot's (learn2learn's OmniglotCNN takes 28 px only): dry runs without data."""
     import numpy as np
 
     rng = np.random.default_rng(0)
