@@ -37,7 +37,7 @@ def train(dataset: str, options: dict, steps: int, out: Path) -> Path:
                            backbone="conv4", ways=20, shots=1, queries=5, meta_batch_size=4, lr=1e-3,
                            epoch_length=max(1, steps // epochs), max_epochs=epochs, test_num_tasks=100,
                            val_num_tasks=20, progress=False, output_dir=out)
-    print(f"{dataset}: trained {steps} steps, 5-way test accuracy {result.report.mean:.3f} "
+    print(f"{dataset}: trained {steps} steps, 20-way 1-shot test accuracy {result.report.mean:.3f} "
           f"({result.best_checkpoint})", flush=True)
     return Path(result.best_checkpoint)
 
