@@ -149,8 +149,14 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
 
 
 @click.command("export")
-@click.option("--checkpoint", "-c", required=True, type=click.Path(path_type=Path),
+@click.option("--checkpoint", "-c", type=click.Path(path_type=Path),
               help="A `metareg run` checkpoint (.ckpt).")
+@click.option("--backbone", help="Instead of -c: a backbone without meta-training (e.g. pretrained=PATH), as a "
+                                 "prototype classifier of the --support classes; writes a .fewshot file.")
+@click.option("--backbone-opt", "backbone_opt", multiple=True, metavar="KEY=VALUE",
+              help="With --backbone: one of its options (`metareg info backbone NAME`); repeatable.")
+@click.option("--image-size", type=int, help="With --backbone: input side in pixels (default: the backbone's).")
+@click.option("--channels", type=int, help="With --backbone: 1 (grey) or 3 (RGB) (default: the backbone's).")
 @click.option("--format", "-f", "fmt",
               type=click.Choice(["safetensors", "torchscript", "onnx", "fewshot"], case_sensitive=False),
               help="Default: from the output suffix (.safetensors, .pt, .onnx, .fewshot).")
@@ -164,7 +170,8 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
                    "training dataset's validation classes.")
 @click.option("--no-open-set", is_flag=True, help="fewshot: store no open-set threshold (never answer unknown).")
 @click.option("--embedding-only", is_flag=True, help="onnx: the embedding network alone, images -> features.")
-def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | None, support: Path | None,
+def export_cmd(checkpoint: Path | None, backbone: str | None, backbone_opt: tuple[str, ...], image_size: int | None,
+               channels: int | None, fmt: str | None, output: Path, invert: bool | None, support: Path | None,
                max_false_accept: float, no_open_set: bool, embedding_only: bool) -> None:
     """Export a trained model for deployment without metareg's training stack.
 
@@ -182,11 +189,25 @@ def export_cmd(checkpoint: Path, fmt: str | None, output: Path, invert: bool | N
 
     Image inputs of the torchscript and onnx files: pixels / 255, converted to the model's
     channels and resized to its image size (see the metadata's "inputs").
+
+    \b
+    Without meta-training: --backbone NAME [--backbone-opt pretrained=PATH ...] --support DIR -o model.fewshot
     """
     from metareg.export import export, format_for
     from metareg.files import check_output
     from metareg.predict import FewShotClassifier
 
+    if (checkpoint is None) == (backbone is None):
+        raise OptionError("pass either --checkpoint CKPT (a trained run) or --backbone NAME (a backbone without "
+                          "meta-training, with --support DIR), not both or neither")
+    if backbone is not None:
+        from metareg.cli.backbone_export import export_backbone
+
+        return export_backbone(backbone, backbone_opt, image_size, channels, fmt, output, invert, support,
+                               no_open_set, embedding_only)
+    if image_size is not None or channels is not None or backbone_opt:
+        raise OptionError("--backbone-opt, --image-size and --channels apply with --backbone; a checkpoint "
+                          "records its own")
     fmt = format_for(output, fmt)
     check_output(output, checkpoint)
     if fmt == "fewshot" or (fmt == "onnx" and (support is not None or embedding_only)):
