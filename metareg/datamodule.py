@@ -126,7 +126,9 @@ class EpisodeDataModule(pl.LightningDataModule):
         c, data = self.config, self.dataset
         for name in splits:
             if len(data.split(name)) == 0:
-                raise DataError(f"dataset {data.name!r}: the {name} split has no images")
+                # e.g. imagefolder ratios=1,0,0, which gives every class to training (for `export --backbone`).
+                raise DataError(f"dataset {data.name!r}: the {name} split has no images; a run validates and tests "
+                                f"on classes it never trains on: choose dataset options that leave classes to {name}")
         if "train" in splits and self.train_batches is TrainBatches.EPISODES:
             self.train_sampler = EpisodeSampler(data.train.labels, data.train.classes, ways=c.ways,
                                                 shots=c.shots, queries=c.queries, split="train")

@@ -5,7 +5,9 @@ Two layouts:
 * ``root/train/<class>/*``, ``root/val/<class>/*`` (or ``validation/``), ``root/test/<class>/*``:
   the user's own class split (a class folder name in two splits is an error).
 * ``root/<class>/*``: classes are split into disjoint train / validation / test sets
-  by ``ratios`` and ``seed``.
+  by ``ratios`` and ``seed``. ``ratios=1,0,0`` gives every class to training, for uses
+  that need no held-out classes (pre-training, a prototype classifier of all the user's
+  classes); ``metareg run``, which validates and tests on unseen classes, refuses it.
 
 Image files: ``metareg.IMAGE_SUFFIXES`` (.png .jpg .jpeg .bmp .gif .tif .tiff .webp .ppm .pgm,
 any case); other files are ignored. Every image is read by ``metareg.read_image``, as
@@ -90,7 +92,8 @@ def imagefolder(
     root: the folder holding one sub-folder per class, or train/, val/ and test/ folders of class folders.
     image_size: side of the square images (centre-cropped, then resized).
     channels: 1 for grey-scale, 3 for RGB (images are converted).
-    ratios: share of classes for train, validation, test when root has no train/val/test folders.
+    ratios: share of classes for train, validation, test when root has no train/val/test folders;
+        1,0,0 gives every class to training (no validation or test classes: not for `metareg run`).
     seed: seed of that class split.
     lazy: decode images per episode instead of all at start-up (for folders too large for memory).
     """
@@ -122,10 +125,13 @@ def imagefolder(
     else:
         layout = "ratios"
         dirs = _class_dirs(base)
-        if len(dirs) < 3:
+        used = [s for s, r in zip(SPLIT_DIRS, ratios, strict=True) if r > 0]
+        # A class for every split with a share, and 2 at least: a few-shot answer chooses between classes.
+        needed = max(2, len(used))
+        if len(dirs) < needed:
             raise metareg.DataError(
-                f"imagefolder: {base} has {len(dirs)} class folder(s); at least 3 are needed to split classes "
-                "into train, validation and test"
+                f"imagefolder: {base} has {len(dirs)} class folder(s); at least {needed} are needed to split "
+                f"classes into {', '.join(used)} (ratios={','.join(f'{r:g}' for r in ratios)})"
             )
         classes = [(d.name, _images_in(d)) for d in dirs]
         assignment = metareg.split_classes(list(range(len(classes))), tuple(ratios), seed)

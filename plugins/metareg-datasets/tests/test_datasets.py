@@ -403,6 +403,30 @@ def test_imagefolder_too_few_classes(tmp_path):
         imagefolder(root=str(tmp_path))
 
 
+def test_imagefolder_gives_every_class_to_training_and_a_run_refuses_it(tmp_path):
+    root = tmp_path / "data"
+    _class_tree(root, classes=2)
+    ds = imagefolder(root=str(root), image_size=8, ratios=(1, 0, 0))
+    assert [ds.split(s).num_classes for s in SPLITS] == [2, 0, 0]
+    assert sorted(ds.train.classes) == ["class0", "class1"] and len(ds.train) == 6
+    with pytest.raises(metareg.DataError, match="at least 2 are needed to split classes into train"):
+        imagefolder(root=str(_single(tmp_path / "one")), image_size=8, ratios=(1, 0, 0))
+    # A run validates and tests on unseen classes: one line, exit 2, before any training or output.
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", "--dataset", "imagefolder", "--dataset-opt", f"root={root}",
+                                      "--dataset-opt", "ratios=1,0,0", "--dataset-opt", "image_size=8",
+                                      "--ways", "2", "--shots", "1", "--queries", "1", "--output-dir", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "the validation split has no images" in lines[0], result.output
+    assert not out.exists()
+
+
+def _single(root: Path) -> Path:
+    _class_tree(root, classes=1)
+    return root
+
+
 # ---------------------------------------------------------------- in-memory arrays
 
 
