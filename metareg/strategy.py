@@ -90,6 +90,12 @@ class Strategy(nn.Module):
     #: say (``channels_last`` unset): faster for ordinary training on CPUs and GPUs, slower for
     #: MAML's vmapped inner loop, which turns the episodes into grouped convolutions.
     channels_last: ClassVar[bool] = True
+    #: Keys of the :meth:`fit_support` state that hold one row per class, each computed from that
+    #: class's support images alone (``("prototypes",)`` for prototypical networks). Declaring them
+    #: lets ``metareg enroll`` / ``FewShotClassifier.add_class`` append or drop one class's rows
+    #: instead of refitting on every stored support image (:mod:`metareg.enroll`). Leave it empty
+    #: when classes are fitted jointly (MetaOptNet's head) or adapted on at prediction time (MAML).
+    per_class_state: ClassVar[tuple[str, ...]] = ()
 
     def setup(self, backbone: nn.Module, task: TaskInfo) -> None:
         """Receive the backbone (as a submodule) and the task description."""
