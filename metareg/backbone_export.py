@@ -54,8 +54,12 @@ def _served_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, *, image_size: int | None = None,
-                  channels: int | None = None, invert: bool = False, registry=None):
+                  channels: int | None = None, invert: bool = False, transform: str = "none",
+                  transform_options: dict[str, Any] | None = None, registry=None):
     """A :class:`metareg.FewShotClassifier` of ``backbone`` with prototypes of every class in ``support``.
+
+    ``transform``: its evaluation step (e.g. ``lee2019``'s normalisation) runs before the backbone, as
+    in a run; an ImageNet-pretrained backbone wants the normalisation its weights were trained with.
 
     Every input (names, options, support folder and images) is checked before the weights are loaded.
     """
@@ -72,14 +76,16 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
                           "(SUPPORT/<class>/<image>)")
     classes = read_support_folder(support)
     registry = registry or Registry.current()
-    checked = RunConfig.from_sources({"backbone": backbone, "backbone_options": dict(options), "strategy": STRATEGY})
+    checked = RunConfig.from_sources({"backbone": backbone, "backbone_options": dict(options), "strategy": STRATEGY,
+                                      "transform": transform, "transform_options": dict(transform_options or {})})
     components = resolve_all(checked, registry, dataset=False)  # names and option types refused here
     size, chans = _shape(components.backbone.factory, image_size, channels)
     name = components.backbone.name
     info = {"invert": bool(invert), "resample": "bilinear", "crop": "center"}
     # Built with the options as given (pretrained weights loaded); saved without the pretraining group.
     strategy, transform, task = build_model(components, checked, chans, size, len(classes), "support", info)
-    config = checked.replace(backbone=name, backbone_options=_served_options(checked.backbone_options))
+    config = checked.replace(backbone=name, backbone_options=_served_options(checked.backbone_options),
+                             transform=components.transform.name)
     meta = payload(config, task, "support")
     meta["data"]["info"] = info
     clf = FewShotClassifier(LoadedModel(strategy, transform, config, task, meta), invert=invert,

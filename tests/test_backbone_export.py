@@ -55,13 +55,13 @@ def pretrained(tmp_path):
     return net, path
 
 
-def _mean_embeddings(net, support):
+def _mean_embeddings(net, support, prepare=lambda x: x):
     """The prototypes computed directly: each class's images read as a deployment reads them, embedded, averaged."""
     rows = []
     for d in sorted(p for p in support.iterdir() if p.is_dir()):
         batch = torch.stack([metareg.read_image(f, 3, SIZE) for f in sorted(d.iterdir())]).float() / 255
         with torch.no_grad():
-            rows.append(net(batch).mean(0))
+            rows.append(net(prepare(batch)).mean(0))
     return torch.stack(rows)
 
 
@@ -119,6 +119,21 @@ def test_backbone_export_stores_the_mean_embeddings_of_every_class(tmp_path, pre
     torch.testing.assert_close(grown.state["prototypes"][-1], _mean_embeddings(net, queries)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_backbone_export_runs_the_transforms_evaluation_step_before_the_backbone(tmp_path, pretrained):
+    pytest.importorskip("kornia")
+    net, weights = pretrained
+    support = _images(tmp_path / "support", per_class=2)
+    out = tmp_path / "model.fewshot"
+    result = _export(weights, support, out, "--transform", "lee2019", "--transform-opt", "mean=0.5",
+                     "--transform-opt", "std=0.25")
+    assert result.exit_code == 0, result.output
+    clf = metareg.FewShotClassifier.load(out)
+    assert clf.model.config.transform == "lee2019"
+    expected = _mean_embeddings(net, support, lambda x: (x - 0.5) / 0.25)
+    torch.testing.assert_close(clf.state["prototypes"], expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(_mean_embeddings(net, support), expected, atol=1e-3)  # the step changes them
+
+
 @pytest.mark.parametrize("args, message", [
     (["-c", "run.ckpt", "--backbone", "conv4"], "either --checkpoint"),
     ([], "either --checkpoint"),
@@ -128,6 +143,8 @@ def test_backbone_export_stores_the_mean_embeddings_of_every_class(tmp_path, pre
     (["--backbone", "conv4", "--backbone-opt", "hiden=4"], "hiden"),
     (["--backbone", "conv4", "--channels", "2"], "--channels"),
     (["-c", "run.ckpt", "--image-size", "16"], "apply with --backbone"),
+    (["-c", "run.ckpt", "--transform", "lee2019"], "apply with --backbone"),
+    (["--backbone", "conv4", "--transform", "no-such-transform"], "no-such-transform"),
 ])
 def test_backbone_export_refuses_bad_input_in_one_line_before_writing(tmp_path, args, message):
     support = _images(tmp_path / "support", per_class=1)

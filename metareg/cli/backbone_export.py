@@ -8,9 +8,9 @@ import click
 from metareg.errors import OptionError
 
 
-def export_backbone(backbone: str, backbone_opt: tuple[str, ...], image_size: int | None, channels: int | None,
-                    fmt: str | None, output: Path, invert: bool | None, support: Path | None, no_open_set: bool,
-                    embedding_only: bool) -> None:
+def export_backbone(backbone: str, backbone_opt: tuple[str, ...], transform: str | None, transform_opt: tuple[str, ...],
+                    image_size: int | None, channels: int | None, fmt: str | None, output: Path, invert: bool | None,
+                    support: Path | None, no_open_set: bool, embedding_only: bool) -> None:
     """Every option checked first; then the backbone built, the support set fitted, one file written."""
     from metareg.backbone_export import from_backbone
     from metareg.export import format_for
@@ -27,8 +27,10 @@ def export_backbone(backbone: str, backbone_opt: tuple[str, ...], image_size: in
         raise OptionError("--max-false-accept needs validation classes to calibrate on, which a backbone without "
                           "meta-training does not have; drop it (the file stores no open-set threshold)")
     options = parse_assignments(backbone_opt, "--backbone-opt")
+    transform_options = parse_assignments(transform_opt, "--transform-opt")
     check_output(output, support)
-    clf = from_backbone(backbone, options, support, image_size=image_size, channels=channels, invert=bool(invert))
+    clf = from_backbone(backbone, options, support, image_size=image_size, channels=channels, invert=bool(invert),
+                        transform=transform or "none", transform_options=transform_options)
     path = clf.save(output, inputs=(support,))
     click.echo(f"wrote {path} (fewshot, {path.stat().st_size / 1e6:.2f} MB; {len(clf.classes)} classes, "
                f"{sum(clf.counts)} support images; backbone {clf.provenance['backbone']} without meta-training, "

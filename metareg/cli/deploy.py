@@ -155,6 +155,10 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
                                  "prototype classifier of the --support classes; writes a .fewshot file.")
 @click.option("--backbone-opt", "backbone_opt", multiple=True, metavar="KEY=VALUE",
               help="With --backbone: one of its options (`metareg info backbone NAME`); repeatable.")
+@click.option("--transform", help="With --backbone: the transform whose evaluation step (e.g. normalisation) runs "
+                                  "before the backbone; default none.")
+@click.option("--transform-opt", "transform_opt", multiple=True, metavar="KEY=VALUE",
+              help="With --backbone: one of the transform's options; repeatable.")
 @click.option("--image-size", type=int, help="With --backbone: input side in pixels (default: the backbone's).")
 @click.option("--channels", type=int, help="With --backbone: 1 (grey) or 3 (RGB) (default: the backbone's).")
 @click.option("--format", "-f", "fmt",
@@ -170,9 +174,10 @@ def _print_table(rows: list[dict], classes: list[str], top: int) -> None:
                    "training dataset's validation classes.")
 @click.option("--no-open-set", is_flag=True, help="fewshot: store no open-set threshold (never answer unknown).")
 @click.option("--embedding-only", is_flag=True, help="onnx: the embedding network alone, images -> features.")
-def export_cmd(checkpoint: Path | None, backbone: str | None, backbone_opt: tuple[str, ...], image_size: int | None,
-               channels: int | None, fmt: str | None, output: Path, invert: bool | None, support: Path | None,
-               max_false_accept: float, no_open_set: bool, embedding_only: bool) -> None:
+def export_cmd(checkpoint: Path | None, backbone: str | None, backbone_opt: tuple[str, ...], transform: str | None,
+               transform_opt: tuple[str, ...], image_size: int | None, channels: int | None, fmt: str | None,
+               output: Path, invert: bool | None, support: Path | None, max_false_accept: float, no_open_set: bool,
+               embedding_only: bool) -> None:
     """Export a trained model for deployment without metareg's training stack.
 
     \b
@@ -203,11 +208,11 @@ def export_cmd(checkpoint: Path | None, backbone: str | None, backbone_opt: tupl
     if backbone is not None:
         from metareg.cli.backbone_export import export_backbone
 
-        return export_backbone(backbone, backbone_opt, image_size, channels, fmt, output, invert, support,
-                               no_open_set, embedding_only)
-    if image_size is not None or channels is not None or backbone_opt:
-        raise OptionError("--backbone-opt, --image-size and --channels apply with --backbone; a checkpoint "
-                          "records its own")
+        return export_backbone(backbone, backbone_opt, transform, transform_opt, image_size, channels, fmt, output,
+                               invert, support, no_open_set, embedding_only)
+    if image_size is not None or channels is not None or backbone_opt or transform is not None or transform_opt:
+        raise OptionError("--backbone-opt, --transform(-opt), --image-size and --channels apply with --backbone; "
+                          "a checkpoint records its own")
     fmt = format_for(output, fmt)
     check_output(output, checkpoint)
     if fmt == "fewshot" or (fmt == "onnx" and (support is not None or embedding_only)):
