@@ -83,10 +83,12 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
     name = components.backbone.name
     info = {"invert": bool(invert), "resample": "bilinear", "crop": "center"}
     # Built with the options as given (pretrained weights loaded); saved without the pretraining group.
-    strategy, transform, task = build_model(components, checked, chans, size, len(classes), "support", info)
+    strategy, transform, task = build_model(components, checked, chans, size, len(classes), "imagefolder", info)
+    # The data the prototypes came from, said as the dataset that reads it: every class to "training".
+    data = {"root": str(Path(support).resolve()), "image_size": size, "channels": chans, "ratios": [1, 0, 0]}
     config = checked.replace(backbone=name, backbone_options=_served_options(checked.backbone_options),
-                             transform=components.transform.name)
-    meta = payload(config, task, "support")
+                             transform=components.transform.name, dataset="imagefolder", dataset_options=data)
+    meta = payload(config, task, "imagefolder")
     meta["data"]["info"] = info
     clf = FewShotClassifier(LoadedModel(strategy, transform, config, task, meta), invert=invert,
                             source=str(support))
@@ -98,6 +100,6 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
         "note": f"no meta-training: backbone {name} with its options",
         "backbone": name, "backbone_options": dict(checked.backbone_options), "pretrained_on": pretrained_on,
         "strategy": STRATEGY, "strategy_options": {},
-        "dataset": None, "checkpoint": None, "test_accuracy": None,
+        "dataset": "imagefolder", "dataset_options": dict(data), "checkpoint": None, "test_accuracy": None,
     }
     return clf

@@ -97,6 +97,8 @@ def test_backbone_export_stores_the_mean_embeddings_of_every_class(tmp_path, pre
     assert prov["backbone_options"]["pretrained"] == str(weights) and prov["strategy"] == "prototypicalnetworks"
     # The file carries the weights: its config does not send a loader back to the weights file.
     assert "pretrained" not in meta["checkpoint"]["config"]["backbone_options"]
+    assert meta["checkpoint"]["config"]["dataset"] == "imagefolder" == prov["dataset"]
+    assert meta["checkpoint"]["config"]["dataset_options"]["ratios"] == [1, 0, 0]
     assert meta["preprocessing"]["image_size"] == SIZE and meta["preprocessing"]["invert"] is False
 
     weights.unlink()
