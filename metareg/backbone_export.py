@@ -3,7 +3,8 @@
 The backbone is built through the registry exactly as a run builds it, so ``pretrained=PATH`` is
 loaded (weights only) by the backbone's own option group (:class:`metareg.Pretraining`). It is
 wrapped in the ``prototypicalnetworks`` strategy: each support class becomes the mean embedding
-of its images, every class the user gives is kept (there is no training/validation/test split).
+of its images, every class the user gives is kept (there is no training/validation/test split). The file's config
+names the data as ``imagefolder`` of the support folder with ``ratios=1,0,0``.
 
 The file stores the backbone's weights, so its saved config drops the four pretraining options:
 the file is self-contained (the weights file may be gone when it is loaded) and a frozen
