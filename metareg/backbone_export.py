@@ -70,6 +70,7 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
     from metareg.config import RunConfig
     from metareg.model_loading import LoadedModel
     from metareg.predict import FewShotClassifier, read_support_folder
+    from metareg.protocols import pretrained_on
     from metareg.registry import Registry
 
     if support is None:
@@ -89,17 +90,17 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
     data = {"root": str(Path(support).resolve()), "image_size": size, "channels": chans, "ratios": [1, 0, 0]}
     config = checked.replace(backbone=name, backbone_options=_served_options(checked.backbone_options),
                              transform=components.transform.name, dataset="imagefolder", dataset_options=data)
-    meta = payload(config, task, "imagefolder")
+    meta = payload(config, task, "imagefolder", pretrained_on=pretrained_on(strategy.backbone))
     meta["data"]["info"] = info
     clf = FewShotClassifier(LoadedModel(strategy, transform, config, task, meta), invert=invert,
                             source=str(support))
     clf.fit(support)
-    pretrained_on = getattr(strategy.backbone, "pretrained_on", None)
+    origin = pretrained_on(strategy.backbone)
     clf.provenance = {
         "metareg_version": metareg.__version__,
         "meta_training": None,
         "note": f"no meta-training: backbone {name} with its options",
-        "backbone": name, "backbone_options": dict(checked.backbone_options), "pretrained_on": pretrained_on,
+        "backbone": name, "backbone_options": dict(checked.backbone_options), "pretrained_on": origin,
         "strategy": STRATEGY, "strategy_options": {},
         "dataset": "imagefolder", "dataset_options": dict(data), "checkpoint": None, "test_accuracy": None,
     }

@@ -22,8 +22,12 @@ FORMAT = "metareg-checkpoint"
 FORMAT_VERSION = 1
 
 
-def payload(config, task, dataset_name: str) -> dict[str, Any]:
-    """The ``"metareg"`` section the learner adds to each checkpoint Lightning saves."""
+def payload(config, task, dataset_name: str, *, pretrained_on: str | None = None) -> dict[str, Any]:
+    """The ``"metareg"`` section the learner adds to each checkpoint Lightning saves.
+
+    ``backbone.pretrained_on``: what the backbone's starting weights were trained on. Recorded so
+    that the model is rebuilt from the stored weights alone, without its pretrained-weights file.
+    """
     import metareg
 
     return {
@@ -33,6 +37,7 @@ def payload(config, task, dataset_name: str) -> dict[str, Any]:
         "config": config.to_dict(),
         "task": asdict(task),
         "data": {"name": dataset_name, "channels": task.channels, "image_size": task.image_size},
+        "backbone": {"pretrained_on": pretrained_on},
     }
 
 

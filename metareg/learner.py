@@ -23,7 +23,7 @@ from metareg.datamodule import LabelledImages
 from metareg.episodes import EpisodeBatch, SampledEpisodes, stream_seed
 from metareg.errors import MetaregError
 from metareg.evaluation import write_episodes
-from metareg.protocols import start_epoch
+from metareg.protocols import pretrained_on, start_epoch
 from metareg.strategy import Strategy, TaskInfo, TrainBatches
 from metareg.transform import Transform
 
@@ -270,7 +270,8 @@ class MetaLearner(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._last_saved = (checkpoint.get("global_step", 0), checkpoint.get("epoch", 0))
-        checkpoint["metareg"] = payload(self.config, self.task, self.dataset_name)
+        checkpoint["metareg"] = payload(self.config, self.task, self.dataset_name,
+                                        pretrained_on=pretrained_on(self.strategy.backbone))
         checkpoint["metareg"]["data"]["info"] = _plain(self.dataset_info)
         # Config objects are not plain data; the config travels in checkpoint["metareg"].
         checkpoint.pop("hyper_parameters", None)

@@ -55,13 +55,19 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
     config = RunConfig.from_saved(meta["config"], source)
     try:
         components = resolve_all(config, registry, dataset=False)
+        stored = _stored_weights_only(meta, components, config)
+        if stored is not None:
+            components = resolve_all(stored, registry, dataset=False)
     except MetaregError as exc:
         raise CheckpointError(f"cannot rebuild the model of {source!r}: {exc}") from None
     task = meta["task"]
     strategy, transform, task_info = build_model(
-        components, config, task["channels"], task["image_size"], task["num_train_classes"], meta["data"]["name"],
-        meta["data"].get("info"),
+        components, stored or config, task["channels"], task["image_size"], task["num_train_classes"],
+        meta["data"]["name"], meta["data"].get("info"),
     )
+    if stored is not None and meta["backbone"].get("pretrained_on"):
+        strategy.backbone.pretrained_on = meta["backbone"]["pretrained_on"]
+        _warn_leak(strategy.backbone, components.backbone.name, meta)
     for prefix, module in (("strategy.", strategy), ("transform.", transform)):
         part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
         try:
@@ -79,3 +85,26 @@ def model_from_payload(meta: dict[str, Any], state: dict[str, Any], source: str,
     strategy.eval()
     transform.eval()
     return LoadedModel(strategy, transform, config, task_info, meta)
+
+
+def _stored_weights_only(meta: dict[str, Any], components, config):
+    """``config`` without the backbone's pretraining group, when the file records what that group gave.
+
+    Every weight is in the file, so a model trained from ``pretrained=PATH`` must not need PATH again;
+    checkpoints from before ``backbone.pretrained_on`` was recorded are rebuilt as they were.
+    """
+    from metareg.pretraining import without_pretraining
+
+    if "backbone" not in meta or not getattr(components.backbone.factory, "__metareg_pretraining__", False):
+        return None
+    return config.replace(backbone_options=without_pretraining(config.backbone_options))
+
+
+def _warn_leak(backbone, name: str, meta: dict[str, Any]) -> None:
+    import warnings
+
+    from metareg.protocols import pretraining_leak
+
+    leak = pretraining_leak(backbone, name, meta["data"].get("info"), meta["data"]["name"])
+    if leak:
+        warnings.warn(leak, stacklevel=3)

@@ -111,4 +111,12 @@ def pretraining_options(factory: Callable[..., Any]) -> Callable[..., Any]:
     annotations = {k: v for k, v in getattr(factory, "__annotations__", {}).items() if k != "pretraining"}
     with_pretraining.__annotations__ = {**annotations, **{p.name: p.annotation for p in group_params}}
     with_pretraining.__doc__ = inspect.cleandoc(factory.__doc__ or "") + "\n" + _HELP
+    # Read by model_loading: a trained model's weights are in its file, so it is rebuilt without the group.
+    with_pretraining.__metareg_pretraining__ = True
     return with_pretraining
+
+
+def without_pretraining(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` less the :class:`Pretraining` group: what rebuilds a backbone whose weights are stored."""
+    group = {f.name for f in fields(Pretraining)}
+    return {k: v for k, v in options.items() if k not in group}
