@@ -18,7 +18,6 @@ gets its nearest class); a model meta-trained with ``metareg run`` gets a calibr
 from __future__ import annotations
 
 import inspect
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +46,6 @@ def _shape(factory, image_size: int | None, channels: int | None) -> tuple[int, 
     return size, chans
 
 
-def _served_options(options: dict[str, Any]) -> dict[str, Any]:
-    from metareg.pretraining import Pretraining
-
-    group = {f.name for f in fields(Pretraining)}
-    return {k: v for k, v in options.items() if k not in group}
-
-
 def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, *, image_size: int | None = None,
                   channels: int | None = None, invert: bool = False, transform: str = "none",
                   transform_options: dict[str, Any] | None = None, registry=None):
@@ -70,6 +62,7 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
     from metareg.config import RunConfig
     from metareg.model_loading import LoadedModel
     from metareg.predict import FewShotClassifier, read_support_folder
+    from metareg.pretraining import without_pretraining
     from metareg.protocols import pretrained_on
     from metareg.registry import Registry
 
@@ -88,7 +81,7 @@ def from_backbone(backbone: str, options: dict[str, Any], support: Path | None, 
     strategy, transform, task = build_model(components, checked, chans, size, len(classes), "imagefolder", info)
     # The data the prototypes came from, said as the dataset that reads it: every class to "training".
     data = {"root": str(Path(support).resolve()), "image_size": size, "channels": chans, "ratios": [1, 0, 0]}
-    config = checked.replace(backbone=name, backbone_options=_served_options(checked.backbone_options),
+    config = checked.replace(backbone=name, backbone_options=without_pretraining(checked.backbone_options),
                              transform=components.transform.name, dataset="imagefolder", dataset_options=data)
     meta = payload(config, task, "imagefolder", pretrained_on=pretrained_on(strategy.backbone))
     meta["data"]["info"] = info
