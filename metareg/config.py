@@ -21,7 +21,10 @@ from metareg.options import _convert
 
 OPTION_SECTIONS = tuple(k.options_field for k in kinds.ALL)
 # Mappings of free-form keys (merged key by key across sources): component options and Lightning Trainer flags.
-MAPPING_SECTIONS = (*OPTION_SECTIONS, "trainer_options")
+MAPPING_SECTIONS = (*OPTION_SECTIONS, "trainer_options", "lr_multipliers")
+# The repeatable KEY=VALUE command-line flag of each mapping section.
+SECTION_FLAGS = {**{k.options_field: k.cli_flag for k in kinds.ALL}, "trainer_options": "--trainer-opt",
+                 "lr_multipliers": "--lr-multiplier"}
 INT_MAX = 2**31 - 1  # counts beyond this overflow the int32 index tensors of the sampler and data loaders
 
 
@@ -78,6 +81,11 @@ BOUNDS: dict[str, Bound] = {
     "momentum": Bound(0, 1, high_open=True),
     "step_size": COUNT,
     "gamma": Bound(0, 1, low_open=True, hint="the factor that multiplies the learning rate at each drop"),
+    # list settings: each item is checked
+    "milestones": Bound(1, INT_MAX, hint="epochs after which the learning rate drops"),
+    "milestone_factors": Bound(0, 1000, low_open=True, hint="factors of the base learning rate"),
+    "lr_multipliers": Bound(0, 1000, hint="0 freezes the matching parameters' learning rate"),
+    "label_smoothing": Bound(0, 1, high_open=True),
     "gradient_clip_val": Bound(0, 1e6, low_open=True, hint="unset it for no clipping"),
     "seed": Bound(0, 2**32 - 1, hint="numpy's seed range"),
     "num_nodes": Bound(1, 100_000),
@@ -118,9 +126,16 @@ class RunConfig:
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
     momentum: float = 0.9
-    scheduler: Literal["none", "cosine", "step"] = "none"
+    nesterov: bool = True  # sgd only
+    scheduler: Literal["none", "cosine", "step", "multistep"] = "none"
     step_size: int = 10  # epochs between lr drops for scheduler=step
     gamma: float = 0.5
+    milestones: list[int] = field(default_factory=list)  # epochs, for scheduler=multistep
+    # Absolute factors of the base lr after each milestone (MetaOptNet's 0.06, 0.012, 0.0024); empty: gamma**i.
+    milestone_factors: list[float] = field(default_factory=list)
+    # glob over the strategy's parameter names -> lr factor; a parameter joins the first pattern it matches.
+    lr_multipliers: dict = field(default_factory=dict)
+    label_smoothing: float = 0.0  # of the training cross-entropy, for every strategy using the core loss
     gradient_clip_val: float | None = None
     seed: int = 0
     # hardware (Lightning's names; its `strategy` is `trainer_strategy` here)
@@ -188,7 +203,9 @@ class RunConfig:
                     bad = [k for k in value if not isinstance(k, str)]
                     if bad:
                         raise ConfigError(f"{key}: option names must be text, got {bad[0]!r}")
-                    merged[key] = {**merged.get(key, {}), **{k.replace("-", "_"): v for k, v in value.items()}}
+                    if key != "lr_multipliers":  # its keys are parameter-name patterns, kept as written
+                        value = {k.replace("-", "_"): v for k, v in value.items()}
+                    merged[key] = {**merged.get(key, {}), **value}
                 else:
                     merged[key] = value
         return cls._typed(merged)
@@ -217,6 +234,10 @@ class RunConfig:
                 from metareg import trainer_options
 
                 kwargs[key] = trainer_options.validate(value)
+                continue
+            if key == "lr_multipliers":
+                kwargs[key] = {pattern: _float(factor, f"lr_multipliers[{pattern!r}]")
+                               for pattern, factor in value.items()}
                 continue
             try:
                 kwargs[key] = _convert(value, hints[key], key)
@@ -269,12 +290,23 @@ class RunConfig:
             if value is None or f.name not in BOUNDS:
                 continue
             bound = BOUNDS[f.name]
-            if not (isinstance(value, int) or math.isfinite(value)) or not bound.contains(value):
-                integer = float not in _numeric_types(hints[f.name])
+            integer = _numeric_types(hints[f.name]) == {int}
+            flag = SECTION_FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+            if isinstance(value, (list, dict)):
+                items = value.values() if isinstance(value, dict) else value
+                bad = next((v for v in items if not _within(v, bound)), None)
+                if bad is not None:
+                    what = "a mapping to values" if isinstance(value, dict) else "a list of values"
+                    raise ConfigError(
+                        f"{f.name} must be {what} each {bound.describe(integer)}, got {bad!r} in "
+                        f"{value!r}; pass {flag} (or {f.name}: in the config file) within that range"
+                    )
+            elif not _within(value, bound):
                 raise ConfigError(
-                    f"{f.name} must be {bound.describe(integer)}, got {value!r}; pass --{f.name.replace('_', '-')} "
+                    f"{f.name} must be {bound.describe(integer)}, got {value!r}; pass {flag} "
                     f"(or {f.name}: in the config file) within that range"
                 )
+        self._validate_optimisation()
         if self.max_epochs == -1 and self.max_steps == -1:
             raise ConfigError("set max_epochs or max_steps to a positive number (both are -1: training would "
                               "never stop)")
@@ -284,6 +316,27 @@ class RunConfig:
         if self.accelerator not in {"auto", "cpu", "gpu", "cuda", "mps", "tpu"}:
             raise ConfigError(f"accelerator {self.accelerator!r} is not one of auto, cpu, gpu, cuda, mps, tpu")
         self.devices_value()  # validates the text
+
+    def _validate_optimisation(self) -> None:
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ConfigError(f"milestones must be strictly increasing epochs, got {self.milestones}; "
+                              "e.g. --milestones 20,40,50")
+        if self.scheduler == "multistep":
+            if not self.milestones:
+                raise ConfigError("scheduler multistep needs --milestones (epochs after which the learning rate "
+                                  "drops, e.g. --milestones 20,40,50)")
+            if self.milestone_factors and len(self.milestone_factors) != len(self.milestones):
+                raise ConfigError(
+                    f"milestone_factors {self.milestone_factors} do not pair with milestones {self.milestones}: "
+                    "give one factor per milestone, or none for gamma, gamma**2, ..."
+                )
+        if self.optimizer == "sgd" and self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov SGD needs a momentum above 0, got --momentum 0; pass --no-nesterov for "
+                              "plain SGD, or a positive --momentum")
+        for pattern in self.lr_multipliers:
+            if not pattern.strip():
+                raise ConfigError("lr_multipliers: a pattern is empty; name parameters with a glob such as "
+                                  "'backbone.*=0.1'")
 
     def devices_value(self) -> int | str | list[int]:
         text = str(self.devices).strip()
@@ -300,6 +353,17 @@ class RunConfig:
         if value < 1:
             raise ConfigError(f"devices must be at least 1, got {value}")
         return value
+
+
+def _within(value, bound: Bound) -> bool:
+    return (isinstance(value, int) or math.isfinite(value)) and bound.contains(value)
+
+
+def _float(value, name: str) -> float:
+    try:
+        return _convert(value, float, name)
+    except OptionError as exc:
+        raise ConfigError(str(exc).replace("option ", "setting ", 1)) from None
 
 
 def _numeric_types(tp) -> set[type]:

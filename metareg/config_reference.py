@@ -9,7 +9,7 @@ import sys
 import typing
 from dataclasses import MISSING, fields
 
-from metareg.config import BOUNDS, MAPPING_SECTIONS, RunConfig, _numeric_types
+from metareg.config import BOUNDS, MAPPING_SECTIONS, SECTION_FLAGS, RunConfig, _numeric_types
 from metareg.options import type_name
 
 HEADER = """# Configuration reference
@@ -40,13 +40,13 @@ def render() -> str:
     for f in fields(RunConfig):
         default = f.default if f.default is not MISSING else f.default_factory()
         if f.name in MAPPING_SECTIONS:
-            flag = f"--{f.name.split('_')[0]}-opt KEY=VALUE"
+            flag = f"{SECTION_FLAGS[f.name]} KEY=VALUE"
             meaning = HELP.get(f.name) or f"options of the {f.name.split('_')[0]} (a mapping)"
         else:
             flag = "--" + f.name.replace("_", "-")
             meaning = HELP.get(f.name, "")
         bound = BOUNDS.get(f.name)
-        allowed = bound.describe(float not in _numeric_types(hints[f.name])) if bound else ""
+        allowed = bound.describe(_numeric_types(hints[f.name]) == {int}) if bound else ""
         cells = [f"`{f.name}`", f"`{flag}`", type_name(hints[f.name]), f"`{default!r}`", allowed, meaning]
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return HEADER + "\n".join(rows) + "\n"

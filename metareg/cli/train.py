@@ -25,7 +25,7 @@ HELP = {
     "epoch_length": "Meta-batches (optimizer steps) per epoch, across all processes.",
     "test_ways": "Classes per validation/test episode (default: --ways).",
     "test_shots": "Support samples per class at validation/test (default: --shots).",
-    "test_queries": "Query samples per class at validation/test (default: --queries).",
+    "test_queries": "Query samples per class at validation/test (default: 15, the field's protocol).",
     "test_num_tasks": "Fixed, seeded test episodes to report on.",
     "val_num_tasks": "Fixed validation episodes evaluated after each epoch.",
     "eval_meta_batch_size": "Episodes per forward pass during validation and test.",
@@ -35,9 +35,20 @@ HELP = {
     "optimizer": "Outer optimizer.",
     "weight_decay": "Weight decay of the outer optimizer.",
     "momentum": "Momentum for --optimizer sgd.",
-    "scheduler": "Learning-rate schedule: none, cosine (per step) or step (per epoch).",
+    "nesterov": "Nesterov momentum for --optimizer sgd (needs --momentum above 0).",
+    "scheduler": "Learning-rate schedule: none, cosine (per step), step (every --step-size epochs) or multistep "
+                 "(at --milestones). Every --lr-multiplier group follows it.",
     "step_size": "Epochs between learning-rate drops for --scheduler step.",
-    "gamma": "Learning-rate factor at each drop for --scheduler step.",
+    "gamma": "Learning-rate factor at each drop for --scheduler step (and multistep without --milestone-factors).",
+    "milestones": "Epochs after which the learning rate drops, for --scheduler multistep, strictly increasing, "
+                  "comma-separated, e.g. 20,40,50.",
+    "milestone_factors": "Factor of the base --lr after each milestone, one per milestone, e.g. 0.06,0.012,0.0024 "
+                         "(default: gamma, gamma**2, ...).",
+    "lr_multipliers": "A learning-rate factor for the strategy's parameters whose names match a glob, e.g. "
+                      "'backbone.*=0.1' (names as in named_parameters(): backbone.*, head.*); repeatable, a "
+                      "parameter joins the first pattern it matches, the rest keep --lr.",
+    "label_smoothing": "Label smoothing of the training cross-entropy, in [0, 1), for every strategy that uses "
+                       "the core loss.",
     "gradient_clip_val": "Clip gradient norm to this value.",
     "seed": "Seed for weights, training episodes and the fixed validation/test episodes.",
     "accelerator": "Lightning accelerator: auto, cpu, gpu, ...",
@@ -74,10 +85,11 @@ def config_options(func, only: set[str] | None = None):
             func = click.option(f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None,
                                 help=HELP.get(f.name, ""))(func)
         else:
-            default = f.default if not callable(f.default_factory) else None
-            shown = f"  [default: {default if default is not None else 'see help'}]"
+            default = f.default if not callable(f.default_factory) else f.default_factory()
+            shown = f"  [default: {'none' if default == [] else default if default is not None else 'see help'}]"
+            listed = typing.get_origin(hints[f.name]) is list  # comma-separated on the command line
             func = click.option(flag, f.name, type=_click_type(hints[f.name]), default=None,
-                                help=HELP.get(f.name, "") + shown)(func)
+                                metavar="A,B,..." if listed else None, help=HELP.get(f.name, "") + shown)(func)
     return func
 
 
@@ -108,7 +120,20 @@ def _cli_settings(values: dict) -> dict:
             settings[kind.options_field] = parse_assignments(given, kind.cli_flag)
     if values.get("trainer_opt"):
         settings["trainer_options"] = parse_assignments(values["trainer_opt"], "--trainer-opt")
+    if values.get("lr_multiplier"):
+        settings["lr_multipliers"] = _multipliers(values["lr_multiplier"])
     return settings
+
+
+def _multipliers(pairs) -> dict[str, str]:
+    """``--lr-multiplier 'backbone.*=0.1'`` (repeatable) -> ``{"backbone.*": "0.1"}``, patterns kept as typed."""
+    out = {}
+    for item in pairs:
+        pattern, sep, factor = item.rpartition("=")
+        if not sep or not pattern.strip() or not factor.strip():
+            raise ConfigError(f"--lr-multiplier expects PATTERN=FACTOR, e.g. 'backbone.*=0.1', got {item!r}")
+        out[pattern.strip()] = factor.strip()
+    return out
 
 
 @click.command("run")
@@ -116,6 +141,8 @@ def _cli_settings(values: dict) -> dict:
               "command-line options win over it.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as YAML and exit.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last.ckpt.")
+@click.option("--lr-multiplier", "lr_multiplier", multiple=True, metavar="PATTERN=FACTOR",
+              help=HELP["lr_multipliers"])
 @component_options
 @config_options
 def run_cmd(config_file, print_config, resume, **values):
