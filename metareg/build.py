@@ -67,23 +67,32 @@ def resolve(registry: Registry, kind: str, name: str, options: dict[str, Any]) -
 
 @dataclass
 class Components:
-    dataset: Resolved | None  # None when the caller supplies the dataset object itself
+    dataset: Resolved | None  # None when the caller supplies the dataset object itself, or with several sources
     backbone: Resolved
     transform: Resolved
     strategy: Resolved
+    sources: tuple[Resolved, ...] = ()  # every dataset of the run, in order (one: `dataset` itself)
+
+    def parts(self) -> list[Resolved]:
+        """The resolved components, each source among them."""
+        return [r for r in (self.dataset, self.backbone, self.transform, self.strategy) if r is not None] + (
+            list(self.sources) if self.dataset is None else [])
 
 
 def resolve_all(config: RunConfig, registry: Registry | None = None, *, dataset: bool = True) -> Components:
+    from metareg.sources import of
+
     registry = registry or Registry.current()
-    components = Components(**{
-        k.singular: resolve(registry, k.plural, getattr(config, k.config_field), getattr(config, k.options_field))
-        if dataset or k is not kinds.DATASET else None
-        for k in kinds.ALL
-    })
+    found = {k.singular: resolve(registry, k.plural, getattr(config, k.config_field), getattr(config, k.options_field))
+             for k in kinds.ALL if k is not kinds.DATASET}
+    sources = tuple(resolve(registry, "datasets", s.name, s.options) for s in of(config)) if dataset else ()
+    components = Components(dataset=sources[0] if len(sources) == 1 else None, sources=sources, **found)
     # Capabilities the components declare: a combination that cannot work is refused before any data loads.
-    reason = refusal({r.kind: r.provider.record for r in vars(components).values() if r is not None})
-    if reason:
-        raise ConfigError(reason)
+    for source in sources or (None,):
+        parts = [*found.values(), *([source] if source is not None else [])]
+        reason = refusal({r.kind: r.provider.record for r in parts})
+        if reason:
+            raise ConfigError(reason)
     return components
 
 
@@ -123,10 +132,18 @@ def build_model(components: Components, config: RunConfig, channels: int, image_
 
 def with_component_defaults(config: RunConfig, registry: Registry | None = None) -> RunConfig:
     """``config`` with each component's options checked, old names renamed and defaults shown (--print-config)."""
+    from metareg.sources import qualifier
+
     components = resolve_all(config, registry)
-    changes = {}
-    for kind, resolved in vars(components).items():
-        given = bind(resolved.factory, resolved.options, component=f"{kind} {resolved.name!r}", kind=resolved.kind)
+    changes: dict[str, dict] = {}
+    for resolved in components.parts():
+        kind = kinds.get(resolved.kind)
+        given = bind(resolved.factory, resolved.options, component=f"{kind.singular} {resolved.name!r}",
+                     kind=resolved.kind)
         shown = {o.name: o.default for o in describe(resolved.factory, kind=resolved.kind) if not o.required} | given
-        changes[kinds.get(kind).options_field] = {k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()}
+        # With several sources each one's options are qualified by the name it was given under.
+        prefix = qualifier(config.datasets[components.sources.index(resolved)]["name"]) + "." if (
+            kind is kinds.DATASET and config.datasets) else ""
+        changes.setdefault(kind.options_field, {}).update(
+            {prefix + k: list(v) if isinstance(v, tuple) else v for k, v in shown.items()})
     return config.replace(**changes)

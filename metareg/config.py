@@ -18,6 +18,8 @@ import yaml
 from metareg import kinds, legacy_names
 from metareg.errors import ConfigError, OptionError
 from metareg.options import _convert
+from metareg.sources import normalise as normalise_sources
+from metareg.sources import replaced_selection
 
 OPTION_SECTIONS = tuple(k.options_field for k in kinds.ALL)
 # Mappings of free-form keys (merged key by key across sources): component options and Lightning Trainer flags.
@@ -105,6 +107,8 @@ class RunConfig:
     backbone_options: dict = field(default_factory=dict)
     transform_options: dict = field(default_factory=dict)
     strategy_options: dict = field(default_factory=dict)
+    # Several sources, [{name, weight}], their options qualified in dataset_options (`omniglot.root`): metareg.sources
+    datasets: list = field(default_factory=list)
     # episodes (Flash's names)
     ways: int = 5
     shots: int = 1
@@ -180,6 +184,7 @@ class RunConfig:
         merged: dict[str, Any] = {}
         for src in sources:
             src = legacy_names.flatten_flash_section(src, set(cls.keys()), ConfigError)
+            replaced_selection(merged, src)  # `--dataset x` after a config file's datasets list, and back
             for key, value in src.items():
                 if not isinstance(key, str):
                     raise ConfigError(f"setting names must be text, got {key!r}; see `metareg run --help`")
@@ -225,6 +230,7 @@ class RunConfig:
     @classmethod
     def _typed(cls, values: dict[str, Any]) -> RunConfig:
         hints = get_type_hints(cls)
+        values = normalise_sources(values)
         kwargs = {}
         for key, value in values.items():
             if key in OPTION_SECTIONS:
@@ -274,7 +280,9 @@ class RunConfig:
         return data
 
     def replace(self, **changes) -> RunConfig:
-        return type(self)._typed({**self.to_dict(), **changes})
+        base = self.to_dict()
+        replaced_selection(base, changes)
+        return type(self)._typed({**base, **changes})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

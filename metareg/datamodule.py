@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from metareg.config import RunConfig
 from metareg.episodes import EpisodeSampler, SampledEpisodes, generator
 from metareg.errors import ConfigError, DataError
+from metareg.evaluation import SOURCE_STRIDE
 from metareg.splits import ClassSplit, FewShotDataset
 from metareg.strategy import TrainBatches
 
@@ -86,9 +87,10 @@ class LabelledBatches(Dataset):
 class FixedEpisodes(Dataset):
     """Item ``k``: episodes ``k*B .. k*B+B-1`` of a fixed, seeded list; carries their ids."""
 
-    def __init__(self, split: ClassSplit, sampler: EpisodeSampler, *, count: int, batch: int, seed: int, stream: str):
+    def __init__(self, split: ClassSplit, sampler: EpisodeSampler, *, count: int, batch: int, seed: int, stream: str,
+                 id_offset: int = 0):
         self.split, self.sampler, self.count, self.batch = split, sampler, count, batch
-        self.seed, self.stream = seed, stream
+        self.seed, self.stream, self.id_offset = seed, stream, id_offset  # offset: source s of several, s*STRIDE
 
     def __len__(self) -> int:
         return -(-self.count // self.batch)
@@ -97,7 +99,7 @@ class FixedEpisodes(Dataset):
         ids = torch.arange(k * self.batch, min((k + 1) * self.batch, self.count))
         # One generator per episode: episode j never depends on batching or world size.
         index = torch.cat([self.sampler.sample(1, generator(self.seed, self.stream, int(j))) for j in ids])
-        return SampledEpisodes(self.split.images.gather(index), self.sampler.geometry, ids)
+        return SampledEpisodes(self.split.images.gather(index), self.sampler.geometry, ids + self.id_offset)
 
 
 def _unbatch(items):
@@ -120,15 +122,28 @@ class EpisodeDataModule(pl.LightningDataModule):
         self.train_sampler: EpisodeSampler | None = None
         self.eval_samplers: dict[str, EpisodeSampler] = {}
         self.train_set: Dataset | None = None
+        # Several sources (a metareg.source_mixing.MultiSourceDataset): each is checked and sampled on its own.
+        self.sources = tuple(getattr(dataset, "sources", ()))
+        self.source_samplers: dict[str, list[EpisodeSampler]] = {}
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The names of the run's sources when it has several (episode ids and results are per source)."""
+        return tuple(s.name for s in self.sources)
 
     def check(self, splits=("train", "validation", "test")) -> None:
         """Validate the splits against their episode shapes; call before any training."""
         c, data = self.config, self.dataset
-        for name in splits:
-            if len(data.split(name)) == 0:
-                # e.g. imagefolder ratios=1,0,0, which gives every class to training (for `export --backbone`).
-                raise DataError(f"dataset {data.name!r}: the {name} split has no images; a run validates and tests "
-                                f"on classes it never trains on: choose dataset options that leave classes to {name}")
+        for part in [s.dataset for s in self.sources] or [data]:
+            for name in splits:
+                if len(part.split(name)) == 0:
+                    # e.g. imagefolder ratios=1,0,0, which gives every class to training (for `export --backbone`).
+                    raise DataError(f"dataset {part.name!r}: the {name} split has no images; a run validates and "
+                                    f"tests on classes it never trains on: choose dataset options that leave classes "
+                                    f"to {name}")
+        if self.sources:
+            self._check_sources(splits)
+            return
         if "train" in splits and self.train_batches is TrainBatches.EPISODES:
             self.train_sampler = EpisodeSampler(data.train.labels, data.train.classes, ways=c.ways,
                                                 shots=c.shots, queries=c.queries, split="train")
@@ -137,6 +152,26 @@ class EpisodeDataModule(pl.LightningDataModule):
                 self.eval_samplers[name] = EpisodeSampler(
                     data.split(name).labels, data.split(name).classes, ways=c.eval_ways, shots=c.eval_shots,
                     queries=c.eval_queries, split=name)
+
+    def _check_sources(self, splits) -> None:
+        c = self.config
+        if getattr(c, "episodes", "fixed") != "fixed":
+            raise ConfigError(f"--episodes {c.episodes} draws from one dataset; a run with several sources "
+                              f"({', '.join(self.source_names)}) draws fixed episodes: drop --episodes or keep one "
+                              "--dataset")
+        shapes = {"train": (c.ways, c.shots, c.queries)} if self.train_batches is TrainBatches.EPISODES else {}
+        shapes.update({n: (c.eval_ways, c.eval_shots, c.eval_queries) for n in splits if n != "train"})
+        for name in [n for n in splits if n in shapes]:
+            ways, shots, queries = shapes[name]
+            samplers = []
+            for source in self.sources:
+                split = source.dataset.split(name)
+                try:
+                    samplers.append(EpisodeSampler(split.labels, split.classes, ways=ways, shots=shots,
+                                                   queries=queries, split=name))
+                except DataError as exc:
+                    raise DataError(f"source {source.name!r}: {exc}") from None
+            self.source_samplers[name] = samplers
 
     def check_world_size(self, world_size: int) -> None:
         if self.config.epoch_length % world_size:
@@ -147,6 +182,16 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         c = self.config
+        if self.train_set is None and stage in ("fit", None) and self.sources:
+            from metareg.source_mixing import MixedLabelledBatches, MixedTrainEpisodes
+
+            if self.train_batches is TrainBatches.LABELLED:
+                per_step = c.meta_batch_size * c.ways * (c.shots + c.queries)
+                self.train_set = MixedLabelledBatches(self.sources, length=c.epoch_length, batch=per_step, seed=c.seed)
+            else:
+                self.train_set = MixedTrainEpisodes(self.sources, self.source_samplers["train"],
+                                                    length=c.epoch_length, batch=c.meta_batch_size, seed=c.seed,
+                                                    num_tasks=c.num_tasks)
         if self.train_set is None and stage in ("fit", None):  # evaluation alone needs no training draws
             if self.train_batches is TrainBatches.LABELLED:
                 per_step = c.meta_batch_size * c.ways * (c.shots + c.queries)
@@ -161,14 +206,22 @@ class EpisodeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set)
 
-    def val_dataloader(self) -> DataLoader:
+    def _fixed(self, split: str, count: int) -> Dataset:
         c = self.config
-        return self._loader(FixedEpisodes(self.dataset.validation, self.eval_samplers["validation"],
-                                          count=c.val_num_tasks, batch=c.eval_meta_batch_size, seed=c.seed,
-                                          stream="validation"))
+        if not self.sources:
+            return FixedEpisodes(self.dataset.split(split), self.eval_samplers[split], count=count,
+                                 batch=c.eval_meta_batch_size, seed=c.seed, stream=split)
+        # Each source's episode j is the episode j a run on that dataset alone draws (same stream), under an
+        # id of its own; a batch never mixes sources, so results are per source.
+        return ConcatDataset([
+            FixedEpisodes(source.dataset.split(split), sampler, count=count, batch=c.eval_meta_batch_size, seed=c.seed,
+                          stream=split, id_offset=s * SOURCE_STRIDE)
+            for s, (source, sampler) in enumerate(zip(self.sources, self.source_samplers[split], strict=True))
+        ])
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._fixed("validation", self.config.val_num_tasks))
 
     def test_dataloader(self) -> DataLoader:
-        c = self.config
-        return self._loader(FixedEpisodes(self.dataset.test, self.eval_samplers["test"], count=c.test_num_tasks,
-                                          batch=c.eval_meta_batch_size, seed=c.seed, stream="test"))
+        return self._loader(self._fixed("test", self.config.test_num_tasks))
 

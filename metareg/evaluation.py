@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +76,16 @@ def ci95_halfwidth(values) -> float:
     return t_quantile(0.975, n - 1) * math.sqrt(var / n)
 
 
+#: Evaluation episode ids of a run with several sources: episode ``j`` of source ``s`` is ``s * SOURCE_STRIDE + j``
+#: (episode counts stay below 2**31), so ids stay unique through the gather of every process and the first
+#: source's ids are those of a run on that dataset alone.
+SOURCE_STRIDE = 2**32
+
+
 @dataclass(frozen=True)
 class Report:
-    """Accuracy over a set of fixed test episodes."""
+    """Accuracy over a set of fixed test episodes; with several sources, ``sources`` holds each one's report
+    and the accuracy is the mean over sources."""
 
     mean: float  # fraction in [0, 1]
     ci95: float  # half-width of the 95% confidence interval, same unit
@@ -85,15 +93,20 @@ class Report:
     ways: int
     shots: int
     queries: int
+    sources: tuple[tuple[str, Report], ...] = ()
 
     def line(self) -> str:
-        return (
+        """What a run prints: one line, and one more per source when there are several."""
+        over = f"mean over {len(self.sources)} sources, " if self.sources else ""
+        head = (
             f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.1f} ± {100 * self.ci95:.1f} % "
-            f"(95% CI, {self.episodes} test episodes)"
+            f"(95% CI, {over}{self.episodes} test episodes)"
         )
+        return "\n".join([head, *(f"  {name}: {100 * r.mean:.1f} ± {100 * r.ci95:.1f} % "
+                                    f"(95% CI, {r.episodes} test episodes)" for name, r in self.sources)])
 
     def as_dict(self) -> dict:
-        return {
+        out = {
             "accuracy": self.mean,
             "ci95": self.ci95,
             "episodes": self.episodes,
@@ -101,10 +114,31 @@ class Report:
             "shots": self.shots,
             "queries": self.queries,
         }
+        if self.sources:
+            out["sources"] = {name: {k: r.as_dict()[k] for k in ("accuracy", "ci95", "episodes")}
+                              for name, r in self.sources}
+        return out
 
 
 def summarise(accuracies, ways: int, shots: int, queries: int) -> Report:
-    """Mean and 95% CI (Student's t, sample standard deviation) of per-episode accuracies."""
+    """Mean and 95% CI (Student's t, sample standard deviation) of per-episode accuracies.
+
+    ``accuracies`` may also be a mapping ``{source: accuracies}`` of a run with several sources: each
+    source is summarised alone, and the run's accuracy is the mean over sources (each source counts the
+    same, however many classes it has) with the interval of a stratified mean, ``sqrt(sum ci_s**2) / S``
+    (the sources' episodes are drawn independently).
+    """
+    if isinstance(accuracies, Mapping):
+        if len(accuracies) == 1:
+            (accuracies,) = accuracies.values()
+        else:
+            parts = tuple((name, summarise(values, ways, shots, queries)) for name, values in accuracies.items())
+            if not parts:
+                raise ValueError("no episodes to summarise")
+            k = len(parts)
+            mean = sum(r.mean for _, r in parts) / k
+            ci = math.sqrt(sum(r.ci95 ** 2 for _, r in parts)) / k
+            return Report(mean, ci, sum(r.episodes for _, r in parts), ways, shots, queries, parts)
     values = [float(a) for a in accuracies]
     n = len(values)
     if n == 0:
@@ -112,16 +146,47 @@ def summarise(accuracies, ways: int, shots: int, queries: int) -> Report:
     return Report(sum(values) / n, ci95_halfwidth(values), n, ways, shots, queries)
 
 
-def write_episodes(path: Path, episode_ids, accuracies) -> None:
-    """One row per test episode, so two runs can be compared episode by episode."""
+def locate(episode_id: int, sources: Sequence[str]) -> tuple[str, int]:
+    """``(source, episode)`` of an evaluation episode id of a run with ``sources`` (see SOURCE_STRIDE)."""
+    s, j = divmod(int(episode_id), SOURCE_STRIDE)
+    return sources[s], j
+
+
+def episode_table(episode_ids, accuracies, sources: Sequence[str] = ()) -> dict:
+    """Per-episode accuracies keyed as ``test_episodes.csv`` keys them: the episode number, or
+    ``(source, episode)`` in a run with several ``sources``."""
+    pairs = zip(episode_ids, accuracies, strict=True)
+    if not sources:
+        return {int(i): float(a) for i, a in pairs}
+    return {locate(i, sources): float(a) for i, a in pairs}
+
+
+def by_source(table: Mapping) -> dict[str, list[float]] | list[float]:
+    """A table from :func:`episode_table` or :func:`read_episodes` as :func:`summarise` takes it: the
+    accuracies in episode order, grouped by source (in their order of appearance) when keyed by source."""
+    if not any(isinstance(k, tuple) for k in table):
+        return [table[k] for k in sorted(table)]
+    groups: dict[str, list[tuple[int, float]]] = {}
+    for (source, j), a in table.items():
+        groups.setdefault(source, []).append((j, a))
+    return {source: [a for _, a in sorted(rows)] for source, rows in groups.items()}
+
+
+def write_episodes(path: Path, episode_ids, accuracies, sources: Sequence[str] = ()) -> None:
+    """One row per test episode, so two runs can be compared episode by episode; with several
+    ``sources``, a first column names each episode's source and episodes count from 0 in each."""
     buffer = io.StringIO(newline="")
     w = csv.writer(buffer)
-    w.writerow(["episode", "accuracy"])
+    w.writerow(["source", "episode", "accuracy"] if sources else ["episode", "accuracy"])
     for i, a in zip(episode_ids, accuracies, strict=True):
-        w.writerow([int(i), f"{float(a):.6f}"])
+        w.writerow([*locate(i, sources), f"{float(a):.6f}"] if sources else [int(i), f"{float(a):.6f}"])
     atomic_write(path, buffer.getvalue())
 
 
-def read_episodes(path: Path) -> dict[int, float]:
+def read_episodes(path: Path) -> dict:
+    """``test_episodes.csv`` as :func:`episode_table` keys it."""
     with open(path, newline="") as f:
-        return {int(r["episode"]): float(r["accuracy"]) for r in csv.DictReader(f)}
+        rows = csv.DictReader(f)
+        if "source" in (rows.fieldnames or ()):
+            return {(r["source"], int(r["episode"])): float(r["accuracy"]) for r in rows}
+        return {int(r["episode"]): float(r["accuracy"]) for r in rows}

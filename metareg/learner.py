@@ -22,7 +22,7 @@ from metareg.config import RunConfig
 from metareg.datamodule import LabelledImages
 from metareg.episodes import EpisodeBatch, SampledEpisodes, stream_seed
 from metareg.errors import MetaregError
-from metareg.evaluation import write_episodes
+from metareg.evaluation import by_source, episode_table, write_episodes
 from metareg.protocols import pretrained_on, start_epoch
 from metareg.strategy import Strategy, TaskInfo, TrainBatches
 from metareg.transform import Transform
@@ -68,6 +68,7 @@ class MetaLearner(pl.LightningModule):
         self._eval_outputs: dict[str, list] = {}
         self.test_results: tuple[list[int], list[float]] | None = None
         self.report_dir = None  # where the first process writes test_episodes.csv
+        self.sources: tuple[str, ...] = ()  # names of the run's sources when several: results per source
         self._warned_frozen = False
         self._ddp_reduced: set[int] | None = None  # ids of the parameters DDP all-reduces itself
         self._last_saved: tuple[int, int] | None = None  # (global_step, epoch) of the newest checkpoint
@@ -239,11 +240,14 @@ class MetaLearner(pl.LightningModule):
         if acc:
             # Already gathered from every process: each one logs the same value, so syncing is a no-op.
             self.log("val_acc", sum(acc) / len(acc), prog_bar=True, sync_dist=True)
+            if self.sources:  # val_acc is then the mean over sources, which draw as many episodes each
+                for name, values in by_source(episode_table(ids, acc, self.sources)).items():
+                    self.log(f"val_acc_{name}", sum(values) / len(values), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self.test_results = self._gather("test")
         if self.report_dir is not None and self.trainer.global_rank == 0:
-            write_episodes(Path(self.report_dir) / "test_episodes.csv", *self.test_results)
+            write_episodes(Path(self.report_dir) / "test_episodes.csv", *self.test_results, sources=self.sources)
 
     # --------------------------------------------------------------- optimiser
     def configure_optimizers(self):

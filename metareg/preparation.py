@@ -40,17 +40,24 @@ def run_config(config: RunConfig | dict | None, dataset: Any, settings: dict[str
     """``config`` (a RunConfig, a dict or None) with ``settings`` applied, and the dataset object, if any.
 
     ``dataset`` is a registered name (a setting like any other) or a :class:`metareg.FewShotDataset`,
-    whose name then becomes the run's ``dataset`` setting.
+    whose name then becomes the run's ``dataset`` setting; a list of them are the sources of one run.
     """
     if isinstance(dataset, str):
         settings = {**settings, "dataset": dataset}
         dataset = None
+    if isinstance(dataset, (list, tuple)):
+        from metareg.source_mixing import SourceData, combine
+
+        dataset = combine([SourceData(d.name, d) for d in dataset]) if len(dataset) > 1 else dataset[0]
     if isinstance(config, RunConfig):
         config = config.replace(**settings) if settings else config
     else:
         config = RunConfig.from_sources(config or {}, settings)
     if dataset is not None:
-        config = config.replace(dataset=dataset.name)
+        named = [{"name": s.name, "weight": s.weight} for s in getattr(dataset, "sources", ())]
+        # The data object replaces the named data; options of named sources would describe none of it.
+        cleared = {"dataset_options": {}} if config.datasets or named else {}
+        config = config.replace(**({"datasets": named} if named else {"dataset": dataset.name}), **cleared)
     return config, dataset
 
 
@@ -67,10 +74,12 @@ def prepare(config: RunConfig | dict | None = None, registry=None, dataset=None,
     Every check happens here, before any training: a misspelt name or option, an episode shape the
     dataset cannot fill, an image size the model was not trained on.
     """
+    from metareg import sources
     from metareg.build import build_model, resolve, resolve_all
     from metareg.datamodule import EpisodeDataModule
     from metareg.learner import MetaLearner
     from metareg.registry import Registry
+    from metareg.source_mixing import SourceData, combine
     from metareg.splits import FewShotDataset
     from metareg.strategy import TrainBatches
 
@@ -78,15 +87,19 @@ def prepare(config: RunConfig | dict | None = None, registry=None, dataset=None,
     registry = registry or Registry.current()
     if model is None:
         components = resolve_all(config, registry, dataset=dataset is None)
-        factory = components.dataset
+        factories = components.sources
     else:
-        factory = None if dataset is not None else resolve(registry, "datasets", config.dataset,
-                                                           config.dataset_options)
+        factories = () if dataset is not None else tuple(
+            resolve(registry, "datasets", s.name, s.options) for s in sources.of(config))
     if dataset is None:
-        dataset = factory.build()
-        if not isinstance(dataset, FewShotDataset):
-            raise MetaregError(f"dataset {config.dataset!r} returned {type(dataset).__name__}, "
-                               "not a metareg.FewShotDataset")
+        built = []
+        for source, factory in zip(sources.of(config), factories, strict=True):
+            built.append(factory.build())
+            if not isinstance(built[-1], FewShotDataset):
+                raise MetaregError(f"dataset {source.name!r} returned {type(built[-1]).__name__}, "
+                                   "not a metareg.FewShotDataset")
+        dataset = built[0] if len(built) == 1 else combine(
+            [SourceData(s.name, d, s.weight) for s, d in zip(sources.of(config), built, strict=True)])
     if model is None:
         datamodule = EpisodeDataModule(dataset, config, train_batches=TrainBatches.of(components.strategy.factory))
         datamodule.check(SPLITS)
@@ -107,6 +120,7 @@ def prepare(config: RunConfig | dict | None = None, registry=None, dataset=None,
         strategy, transform, task = model.strategy, model.transform, model.task
         info = model.meta["data"].get("info", {})  # what the training data was, as the checkpoint recorded it
     learner = MetaLearner(strategy, transform, config, task, config.dataset, info)
+    learner.sources = datamodule.source_names  # results per source when there are several
     return Prepared(config, registry, dataset, datamodule, learner)
 
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from metareg.config import RunConfig
 from metareg.errors import ConfigError
-from metareg.evaluation import Report, read_episodes
+from metareg.evaluation import Report, episode_table, read_episodes
 from metareg.files import atomic_write
 from metareg.hardware import check as check_hardware
 from metareg.lightning_trainer import make_trainer
@@ -175,7 +175,8 @@ def _test(prepared: Prepared, tester, run_dir: Path, checkpoint: Path | None, ex
         return None  # only the first process reports
     results = prepared.learner.test_results
     # Under ddp_spawn the test ran in processes that are gone; the first of them wrote the episodes' file.
-    accuracies = results[1] if results is not None else read_episodes(run_dir / "test_episodes.csv").values()
+    accuracies = (episode_table(*results, prepared.learner.sources) if results is not None
+                  else read_episodes(run_dir / "test_episodes.csv"))  # keyed by (source, episode) with several
     report, summary = finish(run_dir, prepared.config, prepared.registry.plugins, accuracies, extra)
     if trained:
         png, missing = learning_curve(run_dir)
@@ -236,14 +237,17 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
     from metareg.checkpoint import read_checkpoint
     from metareg.model_loading import load_model
     from metareg.registry import Registry
+    from metareg.sources import retarget
 
     checkpoint = Path(checkpoint)
     if isinstance(dataset, str):  # a registered name, like the other settings
         overrides["dataset"], dataset = dataset, None
     meta = read_checkpoint(checkpoint)["metareg"]
     check_eval_settings(overrides)
-    config = RunConfig.from_saved(meta["config"], str(checkpoint),
-                                  {k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    # Other data than the model trained on (the cross-domain protocol): the training data's options stay behind.
+    config = RunConfig.from_saved(retarget(meta["config"], given) if isinstance(meta["config"], dict)
+                                  else meta["config"], str(checkpoint), given)
     check_hardware(config)
     config, dataset = run_config(config, dataset, {})
     worker = launched_worker() and os.environ.get(RUN_DIR_ENV)

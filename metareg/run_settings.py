@@ -21,7 +21,7 @@ SESSION = frozenset({"output_dir", "progress"})
 # Settings that may differ when a run is resumed (they do not change what was computed so far).
 RESUMABLE = TESTING | HARDWARE | SESSION | {"max_epochs", "max_steps", "logger"}
 # The settings `metareg eval` may change: a trained model on other test episodes, data or hardware.
-EVAL_SETTINGS = TESTING | HARDWARE | SESSION | {"precision", "seed", "dataset", "dataset_options"}
+EVAL_SETTINGS = TESTING | HARDWARE | SESSION | {"precision", "seed", "dataset", "datasets", "dataset_options"}
 
 
 def check_resume(run_dir: Path, last: Path, config: RunConfig) -> None:

@@ -8,20 +8,29 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from metareg.config import RunConfig
-from metareg.evaluation import Report, summarise
+from metareg.evaluation import Report, by_source, summarise
 from metareg.files import atomic_write
 
 
 def finish(run_dir: Path, config: RunConfig, plugins, accuracies, extra: dict) -> tuple[Report, dict[str, Any]]:
-    """Summarise the per-episode test ``accuracies`` into ``run_dir/summary.json``; the report and the summary."""
+    """Summarise the per-episode test ``accuracies`` into ``run_dir/summary.json``; the report and the summary.
+
+    ``accuracies`` is a list, or a table keyed as ``test_episodes.csv`` is (:func:`metareg.evaluation.episode_table`):
+    a run with several sources then reports each one (``sources``) and their mean.
+    """
     from metareg.provenance import components
 
+    if isinstance(accuracies, Mapping):
+        accuracies = by_source(accuracies)
     report = summarise(accuracies, config.eval_ways, config.eval_shots, config.eval_queries)
     named = components(config, plugins)  # canonical names (not the alias typed) and every option
+    if config.datasets:
+        named["dataset"] = _sources(config, plugins)
     summary = {
         **report.as_dict(),
         "line": report.line(),
@@ -34,6 +43,18 @@ def finish(run_dir: Path, config: RunConfig, plugins, accuracies, extra: dict) -
     }
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return report, summary
+
+
+def _sources(config: RunConfig, plugins) -> dict[str, Any]:
+    """The dataset entry of a run with several sources: the run's name (``glyphs+omniglot``), every source's
+    options qualified by its name (as ``metareg table`` groups options), and each source as it ran."""
+    from metareg.provenance import components
+    from metareg.sources import of
+
+    ran = [{**components(config.replace(dataset=s.name, dataset_options=s.options), plugins)["dataset"],
+            "weight": s.weight} for s in of(config)]
+    options = {f"{s['name']}.{k}": v for s in ran for k, v in s["options"].items()}
+    return {"name": config.dataset, "plugin": None, "options": options, "sources": ran}
 
 
 def _provenance(run_dir: Path, config: RunConfig) -> dict:

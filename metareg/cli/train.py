@@ -13,7 +13,8 @@ from metareg.options import parse_assignments
 from metareg.run_settings import EVAL_SETTINGS
 
 HELP = {
-    "dataset": "Dataset name (see `metareg list datasets`).",
+    "dataset": "Dataset name (see `metareg list datasets`); repeat it to train on several sources, whose options are "
+               "then qualified: --dataset-opt omniglot.root=PATH.",
     "backbone": "Backbone name (see `metareg list backbones`).",
     "transform": "Training augmentation chain (see `metareg list transforms`).",
     "strategy": "Meta-learning strategy, e.g. prototypicalnetworks, maml (see `metareg list strategies`).",
@@ -78,7 +79,8 @@ def config_options(func, only: set[str] | None = None):
     """Decorate ``func`` with one ``--option`` per RunConfig field (default None = not given)."""
     hints = typing.get_type_hints(RunConfig)
     for f in reversed(fields(RunConfig)):
-        if f.name in MAPPING_SECTIONS or (only is not None and f.name not in only):
+        # `datasets` is written `--dataset A --dataset B` on the command line.
+        if f.name in MAPPING_SECTIONS or f.name == "datasets" or (only is not None and f.name not in only):
             continue
         flag = "--" + f.name.replace("_", "-")
         if hints[f.name] in (bool, bool | None):
@@ -89,6 +91,7 @@ def config_options(func, only: set[str] | None = None):
             shown = f"  [default: {'none' if default == [] else default if default is not None else 'see help'}]"
             listed = typing.get_origin(hints[f.name]) is list  # comma-separated on the command line
             func = click.option(flag, f.name, type=_click_type(hints[f.name]), default=None,
+                                multiple=f.name == "dataset",
                                 metavar="A,B,..." if listed else None, help=HELP.get(f.name, "") + shown)(func)
     return func
 
@@ -114,6 +117,9 @@ def component_options(func):
 
 def _cli_settings(values: dict) -> dict:
     settings = {k: v for k, v in values.items() if v is not None and k in RunConfig.keys()}
+    named = settings.pop("dataset", ())  # one --dataset: today's setting; several: the run's sources
+    if named:
+        settings.update({"dataset": named[0]} if len(named) == 1 else {"datasets": list(named)})
     for kind in kinds.ALL:
         given = values.get(_opt_param(kind)) or ()
         if given:
