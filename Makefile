@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml metapackage/pyproject.toml $(PLUGINS) $(L2L_INSTALL)
 	# The core used to be the distribution `metareg` (it is metareg-core now; `metareg` is metapackage/):
 	# replaced after the core was installed, an old editable install of it would take bin/metareg with it.
 	$(PY) -m pip uninstall -q -y metareg 2>/dev/null || true
-	$(PY) -m pip install -q -e '.[dev,export,faiss,serve]' $(foreach p,$(PLUGINS),-e $(dir $(p))) -e metapackage
+	$(PY) -m pip install -q -e '.[dev,export,faiss,serve,shards]' $(foreach p,$(PLUGINS),-e $(dir $(p))) -e metapackage
 	# tests/test_serve_page.py drives Debian's chromium through Playwright (never Playwright's own browser
 	# download); without chromium (not root, no apt) that test skips and says why.
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

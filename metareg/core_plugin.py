@@ -9,7 +9,7 @@ The factory is a lazy reference, so listing it imports no torch.
 from __future__ import annotations
 
 from metareg.hookspecs import hookimpl
-from metareg.records import TransformSpec
+from metareg.records import DatasetSpec, TransformSpec
 
 
 @hookimpl
@@ -19,4 +19,15 @@ def metareg_transforms():
         "metareg.transform:identity",
         summary="No augmentation: images pass through unchanged",
         aliases=("identity",),
+    )
+
+
+@hookimpl
+def metareg_datasets():
+    # The reader of the folders `metareg shard` (a core command) writes, for any registered dataset: the format
+    # lives in the core beside its writer, so it serves third-party datasets too.
+    yield DatasetSpec(
+        "shards",
+        "metareg.shard_reader:shards",
+        summary="A dataset written by `metareg shard`, streamed from LitData shards (local or s3://): bounded memory",
     )

@@ -88,6 +88,18 @@ def _imagefolder(tmp_path: Path, request) -> dict:
     return {"root": str(tmp_path / "folder")}
 
 
+def _shards(tmp_path: Path, request) -> dict:
+    """A shard folder as `metareg shard` writes it, from a small in-memory dataset."""
+    import numpy as np
+
+    from metareg.shard_writer import write_shards
+
+    images = np.random.default_rng(0).integers(0, 256, (30, 1, 8, 8), dtype=np.uint8)
+    data = metareg.FewShotDataset.from_arrays(images, np.arange(10).repeat(3), ratios=(0.6, 0.2, 0.2))
+    write_shards(data, tmp_path / "shards", source="arrays", options={})
+    return {"root": str(tmp_path / "shards")}
+
+
 def write_mini_imagenet_pickles(root: Path, classes=(4, 2, 2), per_class: int = 3, size: int = 84) -> None:
     """learn2learn's mini-imagenet-cache-<split>.pkl: {'image_data': (N, 84, 84, 3) uint8, 'class_dict': ...}."""
     import numpy as np
@@ -142,6 +154,7 @@ def _l2l(writer: str, **options):
 # Builders of small data for datasets that read files: (tmp_path, request) -> options.
 DATASET_DATA = {
     "imagefolder": _imagefolder,
+    "shards": _shards,
     "miniimagenet": _miniimagenet,
     "omniglot": _omniglot,
     "l2l-miniimagenet": _l2l("write_mini_imagenet"),
