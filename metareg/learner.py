@@ -23,8 +23,9 @@ from metareg.datamodule import LabelledImages
 from metareg.episodes import EpisodeBatch, SampledEpisodes, stream_seed
 from metareg.errors import MetaregError
 from metareg.evaluation import by_source, episode_table, write_episodes
+from metareg.optimization import configure, param_groups, scheduled_lr
 from metareg.protocols import pretrained_on, start_epoch
-from metareg.strategy import Strategy, TaskInfo, TrainBatches
+from metareg.strategy import Strategy, TaskInfo, TrainBatches, run_label_smoothing
 from metareg.transform import Transform
 
 
@@ -72,6 +73,8 @@ class MetaLearner(pl.LightningModule):
         self._warned_frozen = False
         self._ddp_reduced: set[int] | None = None  # ids of the parameters DDP all-reduces itself
         self._last_saved: tuple[int, int] | None = None  # (global_step, epoch) of the newest checkpoint
+        strategy.label_smoothing = run_label_smoothing(strategy, config.label_smoothing)
+        param_groups(strategy, config.lr_multipliers, config.lr)  # a pattern matching nothing: refused now
 
     def setup(self, stage: str) -> None:
         channels_last = self.config.channels_last
@@ -159,9 +162,15 @@ class MetaLearner(pl.LightningModule):
                 f"training loss is {out.loss.item()} at step {self.global_step} (epoch {self.current_epoch}, "
                 f"batch {batch_idx}); stopped. {self._last_good()}"
             )
-        acc = (out.logits.argmax(-1) == out.labels).float().mean()
+        if isinstance(batch, EpisodeBatch) and batch.padded:  # variable episodes: padding is neither right nor wrong
+            acc = batch.query_accuracy(out.logits).mean()
+        else:
+            acc = (out.logits.argmax(-1) == out.labels).float().mean()
         self.log("train_loss", out.loss, prog_bar=True, batch_size=size)
         self.log("train_acc", acc, prog_bar=True, batch_size=size)
+        self.log("lr", scheduled_lr(self.trainer.optimizers[0]), batch_size=size)
+        for name, value in self.strategy.pop_metrics().items():
+            self.log(f"train/{name}", value, batch_size=size)
         if not out.loss.requires_grad:
             # Nothing trainable this step (a frozen backbone under a parameter-free strategy, e.g. before
             # a freeze_unfreeze schedule unfreezes it): returning None skips the optimizer step.
@@ -204,13 +213,16 @@ class MetaLearner(pl.LightningModule):
         grad = torch.enable_grad() if self.strategy.needs_grad_at_eval else contextlib.nullcontext()
         with grad:
             logits = self.strategy(episodes)
-        return (logits.argmax(-1) == episodes.query_labels).float().mean(1).detach()
+        return episodes.query_accuracy(logits).detach()  # per episode, over its real queries
 
     def validation_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
         self._eval_outputs.setdefault("validation", []).append((batch.episode_ids, self._episode_accuracy(batch)))
+        for name, value in self.strategy.pop_metrics().items():  # averaged over the epoch's episodes
+            self.log(f"val/{name}", value, batch_size=batch.meta_batch_size, sync_dist=True)
 
     def test_step(self, batch: EpisodeBatch, batch_idx: int) -> None:
         self._eval_outputs.setdefault("test", []).append((batch.episode_ids, self._episode_accuracy(batch)))
+        self.strategy.pop_metrics()  # testing reports accuracy per episode only
 
     def _gather(self, stage: str) -> tuple[list[int], list[float]]:
         """Per-episode accuracies from every process, de-duplicated (samplers pad the last ranks)."""
@@ -251,22 +263,8 @@ class MetaLearner(pl.LightningModule):
 
     # --------------------------------------------------------------- optimiser
     def configure_optimizers(self):
-        c = self.config
-        params = [p for p in self.parameters()]
-        if c.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=True)
-        elif c.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        else:
-            opt = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.scheduler == "none":
-            return opt
-        if c.scheduler == "cosine":
-            total = c.max_steps if c.max_steps > 0 else c.max_epochs * c.epoch_length
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total, 1))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=c.step_size, gamma=c.gamma)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        own = {id(p) for p in self.strategy.parameters()}
+        return configure(self.strategy, self.config, [p for p in self.parameters() if id(p) not in own])
 
     # -------------------------------------------------------------- checkpoints
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metareg.episodes import EpisodeBatch
-from metareg.errors import PluginError
+from metareg.errors import ConfigError, PluginError
 
 
 class TrainBatches(StrEnum):
@@ -96,6 +96,10 @@ class Strategy(nn.Module):
     #: instead of refitting on every stored support image (:mod:`metareg.enroll`). Leave it empty
     #: when classes are fitted jointly (MetaOptNet's head) or adapted on at prediction time (MAML).
     per_class_state: ClassVar[tuple[str, ...]] = ()
+    #: Label smoothing of the training cross-entropy: the run's ``label_smoothing`` setting, set by the
+    #: core before training (:func:`run_label_smoothing`). :meth:`loss` applies it; a strategy that
+    #: overrides ``loss`` or ``labelled_loss`` should pass it to its own cross-entropy.
+    label_smoothing: float = 0.0
 
     def setup(self, backbone: nn.Module, task: TaskInfo) -> None:
         """Receive the backbone (as a submodule) and the task description."""
@@ -111,10 +115,28 @@ class Strategy(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement forward(episodes) -> query logits")
 
     def loss(self, episodes: EpisodeBatch) -> StepOutput:
-        """Cross-entropy of the query logits; override for other objectives."""
+        """Cross-entropy of the query logits (with the run's label smoothing); override for other objectives."""
         logits = self(episodes)
         labels = episodes.query_labels
-        return StepOutput(F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten()), logits, labels)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), label_smoothing=self.label_smoothing)
+        return StepOutput(loss, logits, labels)
+
+    # ------------------------------------------------------------------ extra metrics
+    def log_metric(self, name: str, value: torch.Tensor | float) -> None:
+        """Report a scalar about the current batch, e.g. from ``forward`` or ``loss``.
+
+        The core logs it as ``train/<name>`` after each training step and as ``val/<name>`` (the
+        mean over the validation episodes) after each validation epoch, in ``metrics.csv`` and the
+        run's other loggers; it is dropped while testing or predicting. The latest value of a name
+        wins within a step. Call it outside vmapped code (an inner loop), on a scalar tensor.
+        """
+        value = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        self._step_metrics = {**getattr(self, "_step_metrics", {}), name: value}
+
+    def pop_metrics(self) -> dict[str, torch.Tensor]:
+        """The metrics logged since the last call (the core calls it after every step), then forgets them."""
+        metrics, self._step_metrics = getattr(self, "_step_metrics", {}), {}
+        return metrics
 
     def labelled_loss(self, images: torch.Tensor, labels: torch.Tensor) -> StepOutput:
         raise NotImplementedError(f"{type(self).__name__} trains on episodes, not labelled batches")
@@ -144,6 +166,18 @@ class Strategy(nn.Module):
         (Q, D)) -> logits (Q, ways)`` that predicts from backbone features alone, for `metareg export`;
         ``None`` (the default) when prediction needs more than features (inner-loop adaptation)."""
         return None
+
+
+def run_label_smoothing(strategy: Strategy, setting: float) -> float:
+    """The label smoothing a run trains ``strategy`` with: the run's ``label_smoothing`` setting or, when
+    that is 0, a value the strategy set itself (the supervised strategy's older ``label_smoothing``
+    option); two different non-zero values are refused."""
+    # The strategy's own value, as first seen: a strategy handed to a second learner keeps its option.
+    own = strategy.__dict__.setdefault("_own_label_smoothing", float(getattr(strategy, "label_smoothing", 0) or 0))
+    if setting and own and own != setting:
+        raise ConfigError(f"label smoothing is given twice: label_smoothing {setting} and the strategy's own "
+                          f"option {own}; keep only the setting (--label-smoothing)")
+    return float(setting or own)
 
 
 def class_means(features: torch.Tensor, labels: torch.Tensor, ways: int) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Pixels encode where an image came from, so a test can check that labels line up with
 images: CIFAR images have red = CIFAR-100 class id and green = the image's index
-within its class; tieredImageNet images have red = 10 x the split-local class id and
-green = 255 - red.
+within its class; tieredImageNet images have red = 10 x the split-local class id (mod 256)
+and green = 255 - red.
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def write_metaoptnet_pickles(folder: str | Path, dataset: str, per_class: int = 
 def tiered_rgb(class_id: int, size: int = 84, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    image[..., 0], image[..., 1] = 10 * class_id, 255 - 10 * class_id
+    red = 10 * class_id % 256
+    image[..., 0], image[..., 1] = red, 255 - red
     return image
 
 

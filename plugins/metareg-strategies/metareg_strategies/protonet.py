@@ -12,6 +12,18 @@ from metareg_strategies.option_checks import one_of, positive
 Distance = Literal["euclidean", "cosine"]
 
 
+def class_separation(query: torch.Tensor, prototypes: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between an episode's prototypes over the mean squared distance from a query
+    to its own class's prototype: how far apart the classes sit for their spread (higher separates better).
+    Logged as ``train/separation`` and ``val/separation`` (:meth:`metareg.Strategy.log_metric`)."""
+    with torch.no_grad():
+        own = prototypes.gather(1, labels.unsqueeze(-1).expand(-1, -1, prototypes.shape[-1]))
+        within = (query - own).pow(2).sum(-1).mean()
+        b, ways = prototypes.shape[:2]
+        between = torch.cdist(prototypes, prototypes).pow(2).sum() / (b * ways * (ways - 1))
+        return between / within.clamp(min=1e-12)
+
+
 class PrototypicalNetworks(metareg.Strategy):
     """Classify queries by distance to the mean support embedding of each class.
 
@@ -61,6 +73,11 @@ class PrototypicalNetworks(metareg.Strategy):
             logits = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
         else:
             logits = -torch.cdist(query, prototypes).pow(2)
+        if episodes.query_labels is not None and not getattr(episodes, "padded", False):
+            cosine = self.distance == "cosine"
+            self.log_metric("separation", class_separation(F.normalize(query, dim=-1) if cosine else query,
+                                                           F.normalize(prototypes, dim=-1) if cosine else prototypes,
+                                                           episodes.query_labels))
         return logits / self.temperature
 
     # ------------------------------------------------------------------ prediction (metareg predict / export)

@@ -25,7 +25,9 @@ class Supervised(PrototypicalNetworks):
     distance: 'cosine' (cosine similarity to the class means, the usual choice for this baseline)
         or 'euclidean' (negative squared distance).
     temperature: evaluation logits are divided by this (only changes the loss scale, not accuracy).
-    label_smoothing: label smoothing of the training cross-entropy.
+    label_smoothing: the older spelling of the run setting label_smoothing (--label-smoothing), which
+        applies to every strategy; kept so that configs setting it still run. Giving both, with different
+        values, is refused.
     """
 
     train_batches: ClassVar[str] = "labelled"
@@ -55,5 +57,6 @@ class Supervised(PrototypicalNetworks):
 
     def labelled_loss(self, images: torch.Tensor, labels: torch.Tensor) -> metareg.StepOutput:
         logits = self.head(self.backbone(images))
+        # self.label_smoothing: the run's setting, or this strategy's option when the run sets none.
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         return metareg.StepOutput(loss, logits, labels)
