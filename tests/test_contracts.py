@@ -151,8 +151,22 @@ def _l2l(writer: str, **options):
     return build
 
 
+def _first_party(writer: str, *args, **options):
+    """Tiny files in the published formats, from metareg_datasets.testfiles (MetaOptNet's pickles for CIFAR)."""
+
+    def build(tmp_path: Path, request) -> dict:
+        from metareg_datasets import testfiles
+
+        return {"root": str(getattr(testfiles, writer)(tmp_path / "data", *args)), **options}
+
+    return build
+
+
 # Builders of small data for datasets that read files: (tmp_path, request) -> options.
 DATASET_DATA = {
+    "cifarfs": _first_party("write_metaoptnet_pickles", "cifarfs"),
+    "fc100": _first_party("write_metaoptnet_pickles", "fc100"),
+    "tieredimagenet": _first_party("write_tiered", "png", image_size=16),
     "imagefolder": _imagefolder,
     "shards": _shards,
     "miniimagenet": _miniimagenet,
