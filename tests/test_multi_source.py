@@ -134,6 +134,34 @@ def test_cross_domain_eval_of_a_model_trained_on_another_dataset(glyphs_model, f
     assert "samples_per_class" not in summary["options"]["dataset"]  # the training data's options stayed behind
 
 
+def test_eval_on_several_sources_reports_each_as_its_own_eval_does(glyphs_model, folder, tmp_path):
+    """A glyphs model on glyphs and the folder at once: the glyphs rows are its own test's, the folder rows
+    those of the single cross-domain evaluation (each source's episodes do not depend on the others)."""
+    results = {}
+    for name, args in (("both", two_sources(folder)), ("glyphs", ["--dataset", "glyphs"]),
+                       ("folder", ["--dataset", "imagefolder",
+                                   *[a for o in folder_options(folder, False) for a in ("--dataset-opt", o)]])):
+        result = invoke("eval", str(glyphs_model), *args, "--test-queries", "2", "--output-dir",
+                        str(tmp_path / name), "--no-progress")
+        assert result.exit_code == 0, result.output
+        results[name] = rows(tmp_path / name / "test_episodes.csv")
+    for source, alone in (("glyphs", "glyphs"), ("imagefolder", "folder")):
+        mine = [r for r in results["both"] if r["source"] == source]
+        assert mine == [{"source": source, **r} for r in results[alone]]
+
+
+def test_python_api_evaluates_on_in_memory_arrays(glyphs_model, tmp_path):
+    import metareg
+
+    gen = torch.Generator().manual_seed(1)
+    labels = torch.arange(12).repeat_interleave(6)
+    images = (torch.rand(12, 1, SIDE, SIDE, generator=gen)[labels] * 255).to(torch.uint8)
+    data = metareg.FewShotDataset.from_arrays(images, labels, name="mine", ratios=(0.5, 0.25, 0.25))
+    result = metareg.evaluate(glyphs_model, dataset=data, output_dir=tmp_path / "mine", test_queries=2)
+    assert result.summary["dataset"] == "mine" and result.summary["episodes"] == 6
+    assert result.report.mean > 0.9  # one fixed pattern per class: the nearest prototype is always right
+
+
 def test_cross_domain_eval_needs_the_training_datas_options_dropped(glyphs_model, folder, tmp_path, monkeypatch):
     """The check above, broken: carrying glyphs' saved options over to the folder is refused (exit 2)."""
     import metareg.sources
@@ -162,6 +190,7 @@ def bad(folder: Path, name: str) -> list[str]:
         "twice": ["--dataset", "glyphs", "--dataset", "glyphs"],
         "sizes differ": [*two_sources(folder), "--dataset-opt", "imagefolder.image_size=20"],
         "channels differ": [*two_sources(folder), "--dataset-opt", "imagefolder.channels=3"],
+        "variable episodes": [*two_sources(folder), "--episodes", "variable"],
     }[name]
 
 
@@ -172,8 +201,13 @@ def bad(folder: Path, name: str) -> list[str]:
     ("twice", "listed twice"),
     ("sizes differ", "1x14px and 1x20px"),
     ("channels differ", "all grayscale or all colour"),
+    ("variable episodes", "draws fixed episodes"),
 ])
 def test_bad_sources_are_refused_in_one_line_before_anything_is_written(folder, tmp_path, name, message):
+    from metareg.config import RunConfig
+
+    if name == "variable episodes" and "episodes" not in RunConfig.keys():
+        pytest.skip("--episodes (variable episodes) is not in this tree yet")
     out = tmp_path / "run"
     result = invoke("run", *bad(folder, name), *SHAPE, "--output-dir", str(out))
     assert result.exit_code == 2, result.output
