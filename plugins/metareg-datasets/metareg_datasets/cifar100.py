@@ -102,26 +102,25 @@ def _member_reader(version: str, path: Path, what: str) -> tuple[Callable[[str],
 
         return read_file, lambda: None
     cache.verify(path, ARCHIVES[version]["digest"], what=what)
+    # One sequential pass: seeking back in a gzip stream would decompress it again for every member.
+    wanted = {f"{folder}/{name}": name for name in MEMBERS[version]}
+    members: dict[str, bytes] = {}
     try:
-        tar = tarfile.open(path, "r:gz")
+        with tarfile.open(path, "r|gz") as tar:
+            for info in tar:
+                if info.name in wanted and info.isfile():
+                    members[wanted[info.name]] = tar.extractfile(info).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise metareg.DataError(f"{what}: {path} is not a readable .tar.gz ({exc}); delete it and get it again") \
-            from None
+        raise metareg.DataError(f"{what}: {path} is damaged or not a .tar.gz ({type(exc).__name__}: {exc}); "
+                                "delete it and get it again") from None
 
     def read_member(name: str) -> bytes:
-        try:
-            fh = tar.extractfile(f"{folder}/{name}")
-            if fh is None:
-                raise KeyError(name)
-            return fh.read()
-        except KeyError:
+        if name not in members:
             raise metareg.DataError(f"{what}: {path} has no member {folder}/{name}; it is not the official "
-                                    f"{ARCHIVES[version]['file']}") from None
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise metareg.DataError(f"{what}: {path} is damaged ({type(exc).__name__}: {exc}); delete it and get "
-                                    "it again") from None
+                                    f"{ARCHIVES[version]['file']}")
+        return members[name]
 
-    return read_member, tar.close
+    return read_member, members.clear
 
 
 def _names(text: bytes, expected: tuple[str, ...], where: str, what: str) -> None:
