@@ -127,13 +127,12 @@ def validation_split(clf, registry=None):
 
 def training_dataset(clf, registry=None):
     """The dataset the model was trained on, rebuilt through the registry from the checkpoint's config."""
-    from metareg.build import resolve
     from metareg.errors import MetaregError
-    from metareg.registry import Registry
+    from metareg.preparation import build_data
 
     config = clf.model.config
     try:
-        dataset = resolve(registry or Registry.current(), "datasets", config.dataset, config.dataset_options).build()
+        dataset = build_data(config, registry)  # a model trained on several sources: all of them
     except MetaregError as exc:
         raise ConfigError(f"open-set calibration needs the validation classes of the training dataset "
                           f"{config.dataset!r}, which cannot be rebuilt here ({exc}); {_OFF}") from None

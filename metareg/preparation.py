@@ -74,32 +74,18 @@ def prepare(config: RunConfig | dict | None = None, registry=None, dataset=None,
     Every check happens here, before any training: a misspelt name or option, an episode shape the
     dataset cannot fill, an image size the model was not trained on.
     """
-    from metareg import sources
-    from metareg.build import build_model, resolve, resolve_all
+    from metareg.build import build_model, resolve_all
     from metareg.datamodule import EpisodeDataModule
     from metareg.learner import MetaLearner
     from metareg.registry import Registry
-    from metareg.source_mixing import SourceData, combine
-    from metareg.splits import FewShotDataset
     from metareg.strategy import TrainBatches
 
     config, dataset = run_config(config, dataset, settings)
     registry = registry or Registry.current()
     if model is None:
         components = resolve_all(config, registry, dataset=dataset is None)
-        factories = components.sources
-    else:
-        factories = () if dataset is not None else tuple(
-            resolve(registry, "datasets", s.name, s.options) for s in sources.of(config))
     if dataset is None:
-        built = []
-        for source, factory in zip(sources.of(config), factories, strict=True):
-            built.append(factory.build())
-            if not isinstance(built[-1], FewShotDataset):
-                raise MetaregError(f"dataset {source.name!r} returned {type(built[-1]).__name__}, "
-                                   "not a metareg.FewShotDataset")
-        dataset = built[0] if len(built) == 1 else combine(
-            [SourceData(s.name, d, s.weight) for s, d in zip(sources.of(config), built, strict=True)])
+        dataset = build_data(config, registry, components.sources if model is None else None)
     if model is None:
         datamodule = EpisodeDataModule(dataset, config, train_batches=TrainBatches.of(components.strategy.factory))
         datamodule.check(SPLITS)
@@ -122,6 +108,30 @@ def prepare(config: RunConfig | dict | None = None, registry=None, dataset=None,
     learner = MetaLearner(strategy, transform, config, task, config.dataset, info)
     learner.sources = datamodule.source_names  # results per source when there are several
     return Prepared(config, registry, dataset, datamodule, learner)
+
+
+def build_data(config: RunConfig, registry=None, factories=None):
+    """The run's data as ``config`` names it: its dataset, or its sources combined into one
+    (:class:`metareg.source_mixing.MultiSourceDataset`). ``factories`` (resolved already) or ``registry``."""
+    from metareg.build import resolve
+    from metareg.registry import Registry
+    from metareg.source_mixing import SourceData, combine
+    from metareg.sources import of
+    from metareg.splits import FewShotDataset
+
+    named = of(config)
+    if factories is None:
+        registry = registry or Registry.current()
+        factories = [resolve(registry, "datasets", s.name, s.options) for s in named]
+    built = []
+    for source, factory in zip(named, factories, strict=True):
+        built.append(factory.build())
+        if not isinstance(built[-1], FewShotDataset):
+            raise MetaregError(f"dataset {source.name!r} returned {type(built[-1]).__name__}, "
+                               "not a metareg.FewShotDataset")
+    if len(built) == 1:
+        return built[0]
+    return combine([SourceData(s.name, d, s.weight) for s, d in zip(named, built, strict=True)])
 
 
 def _seed_everything(seed: int) -> None:

@@ -115,6 +115,23 @@ def test_each_source_is_tested_on_the_episodes_it_has_alone(multi, tmp_path):
     assert rows(tmp_path / "again" / "test_episodes.csv") == rows(out / "test_episodes.csv")
 
 
+def test_a_model_trained_on_two_sources_exports_with_an_open_set_threshold_from_both(multi, folder, tmp_path):
+    """Calibration rebuilds the training data's validation classes: every source's (no registry entry is named
+    glyphs+imagefolder)."""
+    out, _ = multi
+    support = tmp_path / "support"
+    for c in range(4):
+        (support / f"c{c}").mkdir(parents=True)
+        (support / f"c{c}" / "0.png").write_bytes((folder / f"class{c}" / "0.png").read_bytes())
+    result = invoke("export", "-c", str(out / "checkpoints" / "last.ckpt"), "-s", str(support),
+                    "-o", str(tmp_path / "m.fewshot"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["components"]["dataset"]["sources"][1]["name"] == "imagefolder"
+    classes = int(re.search(r"calibrated on \d+ episodes of (\d+) validation classes", result.output).group(1))
+    assert classes > 3  # the folder has 3 validation classes; glyphs' are there too
+
+
 @pytest.fixture(scope="module")
 def glyphs_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "glyphs"
