@@ -24,6 +24,7 @@ _LAZY_COMMANDS = {
     "check": "metareg.cli.check:check_cmd", "serve": "metareg.cli.serve:serve_cmd",
     "runs": "metareg.cli.runs:runs_cmd", "compare": "metareg.cli.runs:compare_cmd",
     "sweep": "metareg.cli.experiments:sweep_cmd", "table": "metareg.cli.experiments:table_cmd",
+    "recipes": "metareg.cli.recipes:recipes_cmd", "reproduce": "metareg.cli.recipes:reproduce_cmd",
     "shard": "metareg.cli.shard:shard_cmd",
 }
 

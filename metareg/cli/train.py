@@ -145,13 +145,15 @@ def _multipliers(pairs) -> dict[str, str]:
 @click.command("run")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of settings; "
               "command-line options win over it.")
+@click.option("--recipe", metavar="NAME", help="Start from a recipe's settings (see `metareg recipes`); "
+              "--config and command-line options win over it.")
 @click.option("--print-config", is_flag=True, help="Print the resolved settings as YAML and exit.")
 @click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last.ckpt.")
 @click.option("--lr-multiplier", "lr_multiplier", multiple=True, metavar="PATTERN=FACTOR",
               help=HELP["lr_multipliers"])
 @component_options
 @config_options
-def run_cmd(config_file, print_config, resume, **values):
+def run_cmd(config_file, recipe, print_config, resume, **values):
     """Train a few-shot learner and report test accuracy on unseen classes.
 
     \b
@@ -159,9 +161,15 @@ def run_cmd(config_file, print_config, resume, **values):
       metareg run --strategy prototypicalnetworks
       metareg run --strategy maml --ways 5 --shots 1 --strategy-opt adaptation_steps=5
       metareg run --config experiment.yaml --seed 3
+      metareg run --recipe protonet-omniglot-5w1s --dataset-opt root=DIR --max-epochs 5
     """
     from metareg.run import train
 
+    layered = None
+    if recipe is not None:
+        from metareg.recipes import find
+
+        layered = find(recipe).layered  # an unknown name is refused before anything is read
     file_settings = RunConfig.load_yaml(config_file) if config_file else {}
     cli_settings = _cli_settings(values)
     if resume and not config_file:
@@ -180,7 +188,9 @@ def run_cmd(config_file, print_config, resume, **values):
             raise ConfigError(f"cannot resume: {str(saved)!r} does not exist")
         file_settings = RunConfig.load_yaml(saved)
         RunConfig.from_saved(file_settings, str(saved))  # an error in the stored settings names the file
-    config = RunConfig.from_sources(file_settings, cli_settings)
+        layered = None  # the saved settings are whole: they came from the recipe when the run started
+    # recipe < config file < command line
+    config = RunConfig.from_sources(*(layered or (lambda *s: s))(file_settings, cli_settings))
     if print_config:
         from metareg.build import with_component_defaults
 
