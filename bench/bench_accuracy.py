@@ -4,10 +4,16 @@ Trains each strategy once, then evaluates the best checkpoint on fixed, seeded t
 episodes at several protocols, and prints a table beside published anchors.
 
   python bench/bench_accuracy.py --omniglot ../shared/data/omniglot/images_background.zip \
-      [--strategies prototypicalnetworks,maml] [--steps 600] [--datasets omniglot,glyphs]
+      [--strategies prototypicalnetworks,maml] [--steps 600] [--datasets omniglot,glyphs] [--quick]
 
 With only the background set, the `lake` split holds out whole alphabets: 20 for
 training, 5 for validation, 5 for testing (classes never seen in training).
+
+No paired timing here (bench/paired.py): each figure is an accuracy on fixed, seeded test
+episodes, with its own confidence interval, and the reference it stands beside is a published
+number, not a loop that could run in this process; the host's load moves the training minutes
+(context) but not the accuracies. ``--quick`` (the test suite's smoke run) trains a few steps of
+an 8-filter Conv-4 and tests on a few episodes, to show the script still runs, not to measure.
 """
 from __future__ import annotations
 
@@ -39,7 +45,7 @@ TRAIN = {
 PROTOCOLS = [(5, 1), (5, 5), (20, 1)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--omniglot", help="path of images_background.zip")
     ap.add_argument("--datasets", default="omniglot,glyphs")
@@ -48,7 +54,8 @@ def main() -> None:
     ap.add_argument("--test-num-tasks", type=int, default=600)
     ap.add_argument("--out", default=None, help="folder for the run directories (default: a temporary one)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="smoke run: an 8-filter Conv-4, one epoch, 2 val episodes")
+    args = ap.parse_args(argv)
     if args.threads:
         import torch
 
@@ -65,14 +72,16 @@ def main() -> None:
             data = {"dataset": dataset, "dataset_options": {}}
         for strategy in args.strategies.split(","):
             settings = {"backbone": "conv4", **TRAIN.get(strategy, TRAIN["default"])}
+            if args.quick:
+                settings |= {"meta_batch_size": 1, "backbone_options": {"hidden": 8}}
             # A learned MAML/ANIL head has `ways` outputs: only protocols with that many ways.
             protocols = [p for p in PROTOCOLS if strategy not in ("maml", "anil") or p[0] == settings["ways"]]
-            epochs = 4
+            epochs = 1 if args.quick else 4
             start = time.perf_counter()
             result = metareg.train(strategy=strategy, output_dir=out / f"{dataset}-{strategy}",
                                    epoch_length=max(1, args.steps // epochs), max_epochs=epochs,
                                    test_num_tasks=args.test_num_tasks, test_ways=protocols[0][0],
-                                   test_shots=protocols[0][1], test_queries=15, val_num_tasks=100,
+                                   test_shots=protocols[0][1], test_queries=15, val_num_tasks=2 if args.quick else 100,
                                    progress=False, **data, **settings)
             minutes = (time.perf_counter() - start) / 60
             for ways, shots in protocols:

@@ -12,7 +12,12 @@ Prints, for the stored score (largest logit) and for the largest softmax probabi
   closed-set     accuracy on known queries without rejection, and with it (rejected = wrong)
 
   python bench/bench_open_set.py [--datasets glyphs,omniglot] [--omniglot PATH/images_background.zip]
-      [--steps 400] [--ways 5] [--shots 5] [--episodes 200] [--checkpoint CKPT]
+      [--steps 400] [--ways 5] [--shots 5] [--episodes 200] [--checkpoint CKPT] [--quick]
+
+No paired timing here (bench/paired.py): the figures are rates of answers on fixed, seeded episodes,
+not speeds, so the host's load cannot move them and the two scores are compared on the very same
+episodes already. The seconds column is context only. ``--quick`` (the test suite's smoke run)
+trains a few steps and scores a few episodes, to show the script still runs, not to measure.
 """
 from __future__ import annotations
 
@@ -31,12 +36,13 @@ def max_probability(logits: torch.Tensor) -> torch.Tensor:
     return logits.float().softmax(-1).max(-1).values
 
 
-def train(dataset: str, options: dict, steps: int, out: Path) -> Path:
-    epochs = 4
+def train(dataset: str, options: dict, steps: int, out: Path, quick: bool = False) -> Path:
+    epochs = 1 if quick else 4
     result = metareg.train(dataset=dataset, dataset_options=options, strategy="prototypicalnetworks",
-                           backbone="conv4", ways=20, shots=1, queries=5, meta_batch_size=4, lr=1e-3,
-                           epoch_length=max(1, steps // epochs), max_epochs=epochs, test_num_tasks=100,
-                           val_num_tasks=20, progress=False, output_dir=out)
+                           backbone="conv4", ways=20, shots=1, queries=5, meta_batch_size=1 if quick else 4, lr=1e-3,
+                           epoch_length=max(1, steps // epochs), max_epochs=epochs,
+                           test_num_tasks=2 if quick else 100, val_num_tasks=2 if quick else 20,
+                           backbone_options={"hidden": 8} if quick else {}, progress=False, output_dir=out)
     print(f"{dataset}: trained {steps} steps, 20-way 1-shot test accuracy {result.report.mean:.3f} "
           f"({result.best_checkpoint})", flush=True)
     return Path(result.best_checkpoint)
@@ -64,7 +70,7 @@ def measure(ckpt: Path, args) -> None:
     print("* the score metareg stores (metareg.open_set.SCORE)\n")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default="glyphs")
     ap.add_argument("--omniglot", help="path of images_background.zip (for --datasets omniglot)")
@@ -76,7 +82,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--max-false-accept", type=float, default=0.05)
     ap.add_argument("--out", help="folder for run directories (default: a temporary one)")
-    args = ap.parse_args()
+    ap.add_argument("--quick", action="store_true", help="smoke run: an 8-filter Conv-4, one small epoch")
+    args = ap.parse_args(argv)
     if args.checkpoint:
         measure(Path(args.checkpoint), args)
         return
@@ -88,7 +95,7 @@ def main() -> None:
                 print("skipping omniglot: pass --omniglot PATH/images_background.zip")
                 continue
             options = {"root": args.omniglot, "split": "lake"}
-        measure(train(dataset, options, args.steps, out / dataset), args)
+        measure(train(dataset, options, args.steps, out / dataset, args.quick), args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Throughput of `metareg serve`: requests/s from concurrent HTTP clients, against the model's own cost.
 
     python bench/bench_serve.py [--clients 1 4 16] [--requests 200] [--images 1] [--hidden 64] [--classes 5]
+                                [--pairs 10]
 
 A conv4 prototypical network (untrained: speed does not depend on the weights) saved as a
 ``.fewshot`` file with ``--classes`` classes of 5 support images (28x28 grey, from 105px PNG
@@ -9,6 +10,15 @@ many threads each with its own ``httpx.Client`` send ``--requests`` requests in 
 ``POST /predict`` with ``--images`` PNG files. Printed: requests/s and images/s over the wall
 time, median and 90th-percentile latency, and, as the reference, images/s of
 ``FewShotClassifier.predict`` in this process on the same files (decode + predict, no HTTP).
+
+What the service costs over the model is measured paired and interleaved (bench/paired.py): one
+request of ``--images`` files to the server, then ``predict`` of the same files in this process,
+alternating, one client; the line is the median of per-pair ratios with a bootstrap 95 % interval:
+
+    Serve images/s, 1 client: HTTP / in-process predict = 0.80x [95% CI ...] (...; 10 pairs)
+
+The table of client counts has no reference run beside it (its rows are throughput under
+concurrency, each over its own wall time), so its rows move with the host's load.
 """
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import metareg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_predict import make_checkpoint, make_images  # noqa: E402
+from paired import Side, paired  # noqa: E402
 
 
 def _free_port() -> int:
@@ -72,6 +83,7 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=1, help="images per request")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--classes", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=10, help="timed pairs of the paired HTTP / in-process line")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -100,9 +112,18 @@ def main(argv=None) -> None:
                 except httpx.TransportError:
                     time.sleep(0.2)
             _load(url, files, 1, 10, args.images)  # warm-up
+            request = [("images", (f.name, f.read_bytes(), "image/png")) for f in files[:args.images]]
+            with httpx.Client(timeout=120) as client:
+                def http():
+                    client.post(url + "/predict", files=request).raise_for_status()
+
+                r = paired(Side("HTTP", http, args.images),
+                           Side("in-process predict", lambda: clf.predict(files[:args.images]), args.images),
+                           pairs=args.pairs)
             print(f"conv4 (hidden {args.hidden}) prototypical network, {args.classes} classes, {args.images} "
                   f"image(s) per request, {args.requests} requests per row, torch threads {torch.get_num_threads()}")
             print(f"reference: FewShotClassifier.predict in-process, {len(files)} files: {reference:.0f} images/s")
+            print(r.summary("Serve images/s, 1 client", "images/s"), flush=True)
             print(f"{'clients':>8} {'requests/s':>11} {'images/s':>9} {'median ms':>10} {'p90 ms':>8}")
             for clients in args.clients:
                 wall, lat = _load(url, files, clients, args.requests, args.images)

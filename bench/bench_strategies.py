@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--synthetic", action="store_true", help="random Omniglot-shaped images (no data needed)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="after timing, profile N steps of each loop")
+    ap.add_argument("--profile-top", type=int, default=12, metavar="K", help="ops listed per profile")
     ap.add_argument("--json", action="store_true", help="also print each comparison as one JSON line")
     a = ap.parse_args(argv)
     import torch
@@ -305,8 +306,8 @@ def main(argv: list[str] | None = None) -> None:
         if a.json:
             print(json.dumps({"comparison": key, "what": what, **result.as_dict()}), flush=True)
         if a.profile:
-            profile(step_a, a.profile, f"{key}: {ours}")
-            profile(step_b, a.profile, f"{key}: {theirs}")
+            profile(step_a, a.profile, f"{key}: {ours}", a.profile_top)
+            profile(step_b, a.profile, f"{key}: {theirs}", a.profile_top)
 
 
 if __name__ == "__main__":

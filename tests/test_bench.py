@@ -105,3 +105,62 @@ def test_gpu_check_refuses_bad_usage():
     proc = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--device", "tpu"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == "Error: --device must be cuda or cpu, got 'tpu'"
+
+
+# Every benchmark's quick mode runs here, so none can rot unnoticed (bench_rundir had: it read a batch
+# as a dict after the datamodule began shipping SampledEpisodes). Checked: exit 0 and the form of
+# the lines each prints (a paired ratio that parses), never the values.
+QUICK = {
+    "bench_backbones.py": (["--backbones", "conv4", "--batch", "2", "--pairs", "2", "--settings", "bf16 channels-last"],
+                           ["Backbone conv4 3x84x84 images/s: bf16 channels-last / fp32 = ",
+                            "Backbone conv4 1x28x28 images/s: bf16 channels-last / fp32 = "]),
+    "bench_rundir.py": (["--quick", "--reps", "2", "--steps", "1", "--claims", "2"],
+                        ["Training steps/s: with checks / without = ", "Run directories/s: claim / mkdir = "]),
+    "bench_prototype_search.py": (["--classes", "300", "--queries", "8", "--repeats", "1", "--pairs", "2",
+                                   "--methods", "full", "exact"],
+                                  ["Prototype search queries/s, 300 classes: exact / full = "]),
+    "bench_serve.py": (["--clients", "1", "--requests", "2", "--pairs", "2", "--hidden", "8"],
+                       ["Serve images/s, 1 client: HTTP / in-process predict = "]),
+    "bench_accuracy.py": (["--datasets", "glyphs", "--quick", "--steps", "1", "--test-num-tasks", "2"], []),
+    "bench_open_set.py": (["--quick", "--steps", "1", "--episodes", "2", "--ways", "2", "--shots", "1",
+                           "--queries", "1"], []),
+    # the step-level evaluation line runs in gpu_check.sh's dry run; this is `metareg eval` whole
+    "bench_evaluation.py": (["--end-to-end", "--synthetic", "--tasks", "2", "--ways", "5", "--queries", "2",
+                             "--pairs", "2", "--hidden", "8", "--eval-meta-batch-size", "1"],
+                            ["Evaluation end to end episodes/s: metareg eval / forward = "]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(QUICK))
+def test_benchmark_quick_mode_runs_and_prints_its_lines(script, tmp_path):
+    if script == "bench_serve.py":
+        pytest.importorskip("httpx")
+        pytest.importorskip("fastapi")
+    args, prefixes = QUICK[script]
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    for prefix in prefixes:
+        line = next((ln for ln in lines if ln.startswith(prefix)), None)
+        assert line is not None, f"missing {prefix!r} in:\n{proc.stdout[-3000:]}"
+        ratio, lo, hi = (float(x) for x in gpu_check_lines.RATIO.search(line).groups()[:3])
+        assert ratio > 0 and 0 < lo <= hi
+    if script == "bench_accuracy.py":
+        assert any(ln.startswith("glyphs     prototypicalnetworks   5w1s") for ln in lines), proc.stdout[-3000:]
+    if script == "bench_open_set.py":
+        assert any(ln.startswith("max_logit*") for ln in lines) and any(ln.startswith("max_probability")
+                                                                        for ln in lines), proc.stdout[-3000:]
+
+
+def test_every_benchmark_has_a_quick_mode_test():
+    """A bench_*.py that no test runs fails here: covered are QUICK's, those gpu_check.sh's dry run runs, and
+    those another test file names (a benchmark with its own test elsewhere)."""
+    dry_run = (ROOT / "bench" / "gpu_check.sh").read_text()
+    others = [f.read_text() for f in [*(ROOT / "tests").glob("test_*.py"), *ROOT.glob("plugins/*/tests/test_*.py")]
+              if f.name != Path(__file__).name]
+    scripts = {p.name for p in (ROOT / "bench").glob("bench_*.py")}
+    untested = {s for s in scripts - set(QUICK) if f"bench/{s}" not in dry_run and not any(s in o for o in others)}
+    assert untested == set(), f"benchmarks no test runs: {sorted(untested)}; add their quick mode to QUICK"
+    assert {"bench_strategies.py", "bench_evaluation.py"} <= {s for s in scripts if f"bench/{s}" in dry_run}
