@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +179,19 @@ def test_import_and_list_do_not_import_litdata():
             "print('HEAVY', [m for m in ('litdata', 'torch') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "shards" in out and "HEAVY []" in out, out
+
+
+@pytest.mark.slow
+def test_bench_shards_quick_mode_prints_memory_speed_and_same_episodes(tmp_path):
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_shards.py"
+    args = ["--datasets", "glyphs", "--glyphs-opt", "image_size=14", "--glyphs-opt", "samples_per_class=6",
+            "--shots", "1", "--queries", "2", "--episodes", "4", "--batch", "2", "--pairs", "2", "--memory-pairs", "1",
+            "--work", str(tmp_path / "work")]
+    proc = subprocess.run([sys.executable, str(bench), *args], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert "glyphs same episodes, image for image: yes" in lines, proc.stdout
+    assert sum(" peak RSS " in line for line in lines) == 2, proc.stdout
+    speed = next(line for line in lines if line.startswith("glyphs episodes/s (5-way 1-shot 2-query"))
+    ratio, lo, hi = map(float, re.search(r" = (\d+\.\d\d)x \[95% CI (\d+\.\d\d)-(\d+\.\d\d)x\]", speed).groups())
+    assert ratio > 0 and 0 < lo <= hi
