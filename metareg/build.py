@@ -93,7 +93,20 @@ def resolve_all(config: RunConfig, registry: Registry | None = None, *, dataset:
         reason = refusal({r.kind: r.provider.record for r in parts})
         if reason:
             raise ConfigError(reason)
+    _check_variable_episodes(config, registry, found["strategy"])
     return components
+
+
+# What a strategy's record provides when it trains and evaluates on padded batches of variable episodes.
+VARIABLE_EPISODES = "episodes:variable"
+
+
+def _check_variable_episodes(config: RunConfig, registry: Registry, strategy: Resolved) -> None:
+    if config.episodes != "variable" or VARIABLE_EPISODES in strategy.provider.record.provides:
+        return
+    able = sorted(p.record.name for p in registry.components("strategies") if VARIABLE_EPISODES in p.record.provides)
+    raise ConfigError(f"strategy {strategy.name!r} cannot train on variable episodes (its record does not provide "
+                      f"{VARIABLE_EPISODES!r}); use --episodes fixed, or one of: {', '.join(able) or 'none installed'}")
 
 
 def build_model(components: Components, config: RunConfig, channels: int, image_size: int, num_train_classes: int,
@@ -121,6 +134,7 @@ def build_model(components: Components, config: RunConfig, channels: int, image_
         ways=config.ways, shots=config.shots, queries=config.queries,
         test_ways=config.eval_ways, test_shots=config.eval_shots, test_queries=config.eval_queries,
         num_train_classes=num_train_classes, channels=channels, image_size=image_size, feature_dim=feature_dim,
+        episodes=config.episodes,
     )
     strategy.setup(backbone, task)
     transform = components.transform.build(channels=channels, image_size=image_size)

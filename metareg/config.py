@@ -113,6 +113,9 @@ class RunConfig:
     ways: int = 5
     shots: int = 1
     queries: int = 5
+    # fixed: N-way K-shot as above; variable: Meta-Dataset's episodes of 5-50 ways and imbalanced shots
+    # (metareg.variable_episodes), which ignore ways/shots/queries and their test_ counterparts.
+    episodes: Literal["fixed", "variable"] = "fixed"
     # The defaults train a Conv-4 on glyphs in a few minutes on a 2-core CPU (README).
     meta_batch_size: int = 8
     num_tasks: int = -1  # size of a fixed pool of training tasks; -1 draws a fresh task every time

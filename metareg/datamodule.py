@@ -65,7 +65,7 @@ class TrainEpisodes(Dataset):
             index = self.sampler.sample(self.batch, gen)
         else:
             index = self.pool[torch.randint(len(self.pool), (self.batch,), generator=gen)]
-        return SampledEpisodes(self.split.images.gather(index), self.sampler.geometry)
+        return self.sampler.batch(self.split.images, index)  # SampledEpisodes, or VariableEpisodes
 
 
 class LabelledBatches(Dataset):
@@ -98,8 +98,8 @@ class FixedEpisodes(Dataset):
     def __getitem__(self, k: int) -> SampledEpisodes:
         ids = torch.arange(k * self.batch, min((k + 1) * self.batch, self.count))
         # One generator per episode: episode j never depends on batching or world size.
-        index = torch.cat([self.sampler.sample(1, generator(self.seed, self.stream, int(j))) for j in ids])
-        return SampledEpisodes(self.split.images.gather(index), self.sampler.geometry, ids + self.id_offset)
+        index = self.sampler.concat([self.sampler.sample(1, generator(self.seed, self.stream, int(j))) for j in ids])
+        return self.sampler.batch(self.split.images, index, ids + self.id_offset)
 
 
 def _unbatch(items):
@@ -143,6 +143,14 @@ class EpisodeDataModule(pl.LightningDataModule):
                                     f"to {name}")
         if self.sources:
             self._check_sources(splits)
+            return
+        if c.episodes == "variable":  # Meta-Dataset's episodes, in training and evaluation alike
+            from metareg.variable_episodes import VariableEpisodeSampler
+
+            if "train" in splits and self.train_batches is TrainBatches.EPISODES:
+                self.train_sampler = VariableEpisodeSampler(data.train.labels, data.train.classes, split="train")
+            self.eval_samplers.update({name: VariableEpisodeSampler(data.split(name).labels, data.split(name).classes,
+                                                                    split=name) for name in splits if name != "train"})
             return
         if "train" in splits and self.train_batches is TrainBatches.EPISODES:
             self.train_sampler = EpisodeSampler(data.train.labels, data.train.classes, ways=c.ways,

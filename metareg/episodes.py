@@ -9,6 +9,10 @@ strategies, and independent of how many processes share the work.
 The sampler's :class:`EpisodeGeometry` travels with each batch it draws
 (:class:`SampledEpisodes`); :meth:`EpisodeBatch.from_uint8` is the one place where
 support is split from query and labels are made.
+
+Episodes of varying ways and shots (``--episodes variable``, :mod:`metareg.variable_episodes`)
+travel as one padded :class:`EpisodeBatch` with masks: strategies compute on the whole
+meta-batch at once and the masks keep padding out of every statistic, loss and accuracy.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import numbers
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from metareg.errors import DataError
 
@@ -65,6 +70,10 @@ class EpisodeGeometry:
         return f"{self.ways}-way {self.shots}-shot {self.queries}-query"
 
 
+#: Label of a padded support or query slot: cross-entropy's default ``ignore_index``.
+PAD_LABEL = -100
+
+
 @dataclass
 class EpisodeBatch:
     """A batch of ``B`` episodes, images already on the device as floats.
@@ -73,6 +82,14 @@ class EpisodeBatch:
     for sampled episodes. Prediction builds batches with uneven support counts, so
     strategies should derive class statistics from the labels (see
     :func:`metareg.strategy.class_means`), not from reshapes.
+
+    Padded batches (episodes of different ways and shots, :meth:`pad`) carry three masks, True
+    for what is real: ``support_mask (B, S)``, ``query_mask (B, Q)`` and ``way_mask (B, ways)``,
+    where ``ways`` is the largest episode's. Padded slots hold zero images and the label
+    :data:`PAD_LABEL`; a padded way has no support and no query. A strategy that accepts them
+    (its record provides ``"episodes:variable"``) keeps padding out of its statistics
+    (:meth:`support_onehot`, the masks) and gives padded ways the logit ``-inf``
+    (:meth:`mask_ways`); the core's loss and accuracy read the masks themselves.
     """
 
     support: torch.Tensor  # (B, S, C, H, W)
@@ -83,6 +100,9 @@ class EpisodeBatch:
     #: Which fixed evaluation episodes these are, ``(B,)``; None for training and prediction
     #: batches. The core's bookkeeping: strategies need not look at it.
     episode_ids: torch.Tensor | None = None
+    support_mask: torch.Tensor | None = None  # (B, S) bool, padded batches only
+    query_mask: torch.Tensor | None = None  # (B, Q) bool
+    way_mask: torch.Tensor | None = None  # (B, ways) bool
 
     def __post_init__(self):
         # Shapes only (no device sync): a support/query split that disagrees with its labels would
@@ -98,12 +118,95 @@ class EpisodeBatch:
             problems.append(f"query_labels {tuple(self.query_labels.shape)} for query {tuple(self.query.shape)}")
         if self.episode_ids is not None and tuple(self.episode_ids.shape) != (b,):
             problems.append(f"episode_ids {tuple(self.episode_ids.shape)} for {b} episodes")
+        masks = (self.support_mask, self.query_mask, self.way_mask)
+        if any(m is not None for m in masks):
+            expected = ((b, s), tuple(self.query.shape[:2]), (b, self.ways))
+            for name, mask, shape in zip(("support_mask", "query_mask", "way_mask"), masks, expected, strict=True):
+                if mask is None or mask.dtype != torch.bool or tuple(mask.shape) != shape:
+                    got = "none" if mask is None else f"{mask.dtype} {tuple(mask.shape)}"
+                    problems.append(f"{name} {got}, expected bool {shape} (a padded batch has all three masks)")
         if problems:
             raise ValueError("EpisodeBatch shapes disagree: " + "; ".join(problems))
 
     @property
     def meta_batch_size(self) -> int:
         return self.support.shape[0]
+
+    @property
+    def padded(self) -> bool:
+        """True for a padded batch of episodes of different ways and shots (it carries masks)."""
+        return self.way_mask is not None
+
+    # ------------------------------------------------------------------ padding-aware helpers
+    # One spelling of each masked statistic, so that every strategy and the core agree on what
+    # padding means; on an unpadded batch each is the plain computation.
+
+    def support_onehot(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``(B, S, ways)`` one-hot support labels; rows of padded support slots are all zero."""
+        if not self.padded:
+            return F.one_hot(self.support_labels, self.ways).to(dtype)
+        onehot = F.one_hot(self.support_labels.clamp(min=0), self.ways).to(dtype)
+        return onehot * self.support_mask.unsqueeze(-1).to(dtype)
+
+    def mask_ways(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, N, ways)`` logits with padded ways at ``-inf``, so that they never win and take no
+        probability; unchanged on an unpadded batch."""
+        if not self.padded:
+            return logits
+        return logits.masked_fill(~self.way_mask.unsqueeze(1), float("-inf"))
+
+    def query_loss(self, logits: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Cross-entropy of ``(B, Q, ways)`` query logits: the mean over episodes of each episode's
+        mean over its real queries, so that an episode weighs the same whatever its query count.
+
+        On a padded batch, label smoothing spreads over each episode's real ways only (``-inf``
+        logits of padded ways would make a smoothed ``F.cross_entropy`` infinite).
+        """
+        logits = logits.float()
+        if not self.padded:
+            return F.cross_entropy(logits.flatten(0, 1), self.query_labels.flatten(), label_smoothing=label_smoothing)
+        return masked_cross_entropy(logits, self.query_labels, self.query_mask, self.way_mask, label_smoothing)
+
+    def query_accuracy(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` accuracy of each episode over its real queries."""
+        correct = (logits.argmax(-1) == self.query_labels).float()
+        if not self.padded:
+            return correct.mean(1)
+        mask = self.query_mask.float()
+        return (correct * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    @classmethod
+    def pad(cls, episodes: list[EpisodeBatch]) -> EpisodeBatch:
+        """One padded batch of single episodes (each a batch of one, of any ways and shots).
+
+        Every support and query set is padded at its end to the largest; labels keep their values.
+        """
+        if not episodes or any(e.meta_batch_size != 1 for e in episodes):
+            raise ValueError("EpisodeBatch.pad takes a non-empty list of one-episode batches")
+        ways = max(e.ways for e in episodes)
+        s = max(e.support.shape[1] for e in episodes)
+        q = max(e.query.shape[1] for e in episodes)
+
+        def stack(tensors, width, fill):
+            return torch.cat([F.pad(t, (0, 0) * (t.dim() - 2) + (0, width - t.shape[1]), value=fill)
+                              for t in tensors])
+
+        def real(lengths, width):
+            return torch.arange(width).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)
+
+        labelled = all(e.query_labels is not None for e in episodes)
+        ids = [e.episode_ids for e in episodes]
+        return cls(
+            stack([e.support for e in episodes], s, 0.0),
+            stack([_labels_of(e.support_labels, e.support_mask) for e in episodes], s, PAD_LABEL),
+            stack([e.query for e in episodes], q, 0.0),
+            stack([_labels_of(e.query_labels, e.query_mask) for e in episodes], q, PAD_LABEL) if labelled else None,
+            ways,
+            torch.cat(ids) if all(i is not None for i in ids) else None,
+            support_mask=real([_count(e.support_mask, e.support.shape[1]) for e in episodes], s),
+            query_mask=real([_count(e.query_mask, e.query.shape[1]) for e in episodes], q),
+            way_mask=real([_count(e.way_mask, e.ways) for e in episodes], ways),
+        )
 
     @classmethod
     def from_uint8(cls, images: torch.Tensor, geometry: EpisodeGeometry, transform=None,
@@ -129,7 +232,32 @@ class EpisodeBatch:
             return None if t is None else t.to(device)
 
         return EpisodeBatch(self.support.to(device), self.support_labels.to(device), self.query.to(device),
-                            move(self.query_labels), self.ways, move(self.episode_ids))
+                            move(self.query_labels), self.ways, move(self.episode_ids), move(self.support_mask),
+                            move(self.query_mask), move(self.way_mask))
+
+
+def _labels_of(labels: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return labels if mask is None else labels.masked_fill(~mask, PAD_LABEL)
+
+
+def _count(mask: torch.Tensor | None, width: int) -> int:
+    # Padding is always at the end, so a one-episode mask is a length.
+    return width if mask is None else int(mask.sum())
+
+
+def masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, query_mask: torch.Tensor,
+                         way_mask: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean over episodes of the per-episode mean cross-entropy of ``(B, Q, ways)`` logits, over real
+    queries and (label smoothing) real ways; padded ways' logits may be ``-inf``."""
+    logp = torch.log_softmax(logits.masked_fill(~way_mask.unsqueeze(1), float("-inf")), -1)
+    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    if label_smoothing:
+        # where(), not a product: 0 * -inf is NaN in the forward pass and in the gradient.
+        real = torch.where(way_mask.unsqueeze(1), logp, torch.zeros_like(logp))
+        uniform = -real.sum(-1) / way_mask.sum(-1, keepdim=True).to(logp.dtype)
+        nll = (1 - label_smoothing) * nll + label_smoothing * uniform
+    per_episode = torch.where(query_mask, nll, torch.zeros_like(nll)).sum(1) / query_mask.sum(1).clamp(min=1)
+    return per_episode.mean()
 
 
 def _check_images(images: torch.Tensor, geometry: EpisodeGeometry) -> None:
@@ -150,6 +278,9 @@ class SampledEpisodes:
     images: torch.Tensor
     geometry: EpisodeGeometry
     episode_ids: torch.Tensor | None = None
+    support_mask: torch.Tensor | None = None  # (B, S) bool, padded batches only
+    query_mask: torch.Tensor | None = None  # (B, Q) bool
+    way_mask: torch.Tensor | None = None  # (B, ways) bool
 
     def __post_init__(self):
         _check_images(self.images, self.geometry)
@@ -214,6 +345,17 @@ class EpisodeSampler:
         pick = keys.topk(n, dim=2, largest=False).indices  # (count, ways, n)
         # one flat lookup, table[cls, pick], instead of an index followed by a gather
         return torch.take(self._flat_table, torch.add(pick, cls.unsqueeze(-1), alpha=width))
+
+    # The datamodule's two calls, shared with the variable sampler (metareg.variable_episodes), so that
+    # it draws either kind of episode the same way.
+    @staticmethod
+    def concat(draws: list[torch.Tensor]) -> torch.Tensor:
+        """Draws of :meth:`sample` joined along the episode axis."""
+        return torch.cat(draws)
+
+    def batch(self, images, index: torch.Tensor, episode_ids: torch.Tensor | None = None) -> SampledEpisodes:
+        """The record the datamodule ships: images of ``index`` from an ``ImageStore``, with this geometry."""
+        return SampledEpisodes(images.gather(index), self.geometry, episode_ids)
 
 
 def episode_labels(count: int, ways: int, per_class: int, device=None) -> torch.Tensor:

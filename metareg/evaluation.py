@@ -82,6 +82,11 @@ def ci95_halfwidth(values) -> float:
 SOURCE_STRIDE = 2**32
 
 
+#: ``ways``, ``shots`` and ``queries`` of a report on variable episodes (in summary.json too, so that ``metareg
+#: compare`` never pairs them with fixed episodes of the same settings).
+VARIABLE = "variable"
+
+
 @dataclass(frozen=True)
 class Report:
     """Accuracy over a set of fixed test episodes; with several sources, ``sources`` holds each one's report
@@ -90,16 +95,18 @@ class Report:
     mean: float  # fraction in [0, 1]
     ci95: float  # half-width of the 95% confidence interval, same unit
     episodes: int
-    ways: int
-    shots: int
-    queries: int
+    ways: int | str  # VARIABLE for variable episodes
+    shots: int | str
+    queries: int | str
     sources: tuple[tuple[str, Report], ...] = ()
 
     def line(self) -> str:
         """What a run prints: one line, and one more per source when there are several."""
         over = f"mean over {len(self.sources)} sources, " if self.sources else ""
+        # --episodes variable: ways, shots and queries differ from episode to episode (metareg.variable_episodes).
+        shape = "variable-way variable-shot" if self.ways == VARIABLE else f"{self.ways}-way {self.shots}-shot"
         head = (
-            f"{self.ways}-way {self.shots}-shot: {100 * self.mean:.1f} ± {100 * self.ci95:.1f} % "
+            f"{shape}: {100 * self.mean:.1f} ± {100 * self.ci95:.1f} % "
             f"(95% CI, {over}{self.episodes} test episodes)"
         )
         return "\n".join([head, *(f"  {name}: {100 * r.mean:.1f} ± {100 * r.ci95:.1f} % "

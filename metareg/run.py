@@ -187,6 +187,10 @@ def _test(prepared: Prepared, tester, run_dir: Path, checkpoint: Path | None, ex
     return RunResult(run_dir, report, summary)
 
 
+# What the start line says of --episodes variable (metareg.variable_episodes).
+VARIABLE_SHAPE = "variable episodes (Meta-Dataset: 5-50 ways, imbalanced shots, up to 10 queries per class)"
+
+
 def _start_line(doing: str, config: RunConfig, run_dir: Path, trainer, *, training: bool = True) -> str:
     """One line: what runs, on which episodes and devices, and where its files go."""
     def n(count: int, noun: str, plural: str | None = None) -> str:
@@ -197,10 +201,12 @@ def _start_line(doing: str, config: RunConfig, run_dir: Path, trainer, *, traini
     if training:
         budget = (n(config.max_steps, "step") if config.max_steps > 0
                   else f"{n(config.max_epochs, 'epoch')} of {n(config.epoch_length, 'step')}")
-        parts.append(f"{config.ways}-way {config.shots}-shot, {n(config.queries, 'query', 'queries')}, "
-                     f"{n(config.meta_batch_size, 'episode')}/step, {budget}")
-    parts.append(f"test: {n(config.test_num_tasks, 'episode')}, {config.eval_ways}-way {config.eval_shots}-shot, "
-                 f"{n(config.eval_queries, 'query', 'queries')}")
+        shape = (VARIABLE_SHAPE if config.episodes == "variable" else
+                 f"{config.ways}-way {config.shots}-shot, {n(config.queries, 'query', 'queries')}")
+        parts.append(f"{shape}, {n(config.meta_batch_size, 'episode')}/step, {budget}")
+    shape = (VARIABLE_SHAPE if config.episodes == "variable" else
+             f"{config.eval_ways}-way {config.eval_shots}-shot, {n(config.eval_queries, 'query', 'queries')}")
+    parts.append(f"test: {n(config.test_num_tasks, 'episode')}, {shape}")
     device = trainer.strategy.root_device.type
     parts.append(device if trainer.world_size == 1 else f"{trainer.world_size} x {device} ({config.trainer_strategy})")
     parts.append(str(run_dir))

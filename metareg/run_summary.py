@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from metareg.config import RunConfig
-from metareg.evaluation import Report, by_source, summarise
+from metareg.evaluation import VARIABLE, Report, by_source, summarise
 from metareg.files import atomic_write
 
 
@@ -27,7 +27,9 @@ def finish(run_dir: Path, config: RunConfig, plugins, accuracies, extra: dict) -
 
     if isinstance(accuracies, Mapping):
         accuracies = by_source(accuracies)
-    report = summarise(accuracies, config.eval_ways, config.eval_shots, config.eval_queries)
+    shape = (VARIABLE,) * 3 if config.episodes == "variable" else (config.eval_ways, config.eval_shots,
+                                                                  config.eval_queries)
+    report = summarise(accuracies, *shape)
     named = components(config, plugins)  # canonical names (not the alias typed) and every option
     if config.datasets:
         named["dataset"] = _sources(config, plugins)

@@ -59,6 +59,8 @@ class TaskInfo:
     channels: int
     image_size: int
     feature_dim: int
+    #: ``"variable"`` under ``--episodes variable``: episodes of 5 to 50 ways arrive as padded batches.
+    episodes: str = "fixed"
 
 
 class StepOutput(NamedTuple):
@@ -118,7 +120,8 @@ class Strategy(nn.Module):
         """Cross-entropy of the query logits (with the run's label smoothing); override for other objectives."""
         logits = self(episodes)
         labels = episodes.query_labels
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), label_smoothing=self.label_smoothing)
+        # F.cross_entropy on an unpadded batch; a padded one (variable episodes) leaves padding out.
+        loss = episodes.query_loss(logits, self.label_smoothing)
         return StepOutput(loss, logits, labels)
 
     # ------------------------------------------------------------------ extra metrics

@@ -21,6 +21,8 @@ HELP = {
     "ways": "Classes per training episode.",
     "shots": "Support samples per class in training episodes.",
     "queries": "Query samples per class in training episodes.",
+    "episodes": "fixed: N-way K-shot episodes (--ways, --shots, --queries); variable: Meta-Dataset's episodes of "
+                "5-50 ways, class-imbalanced shots and up to 10 queries per class, in training and test.",
     "meta_batch_size": "Episodes per optimizer step.",
     "num_tasks": "Size of a fixed pool of training tasks; -1 draws a fresh task every time.",
     "epoch_length": "Meta-batches (optimizer steps) per epoch, across all processes.",

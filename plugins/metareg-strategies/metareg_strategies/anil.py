@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import metareg
 from metareg_strategies.inner_loop import as_full, full_precision
 from metareg_strategies.maml import GradientAdaptation, HeadInit
+from metareg_strategies.masked import embed_real, episode_images
 
 
 class ANIL(GradientAdaptation):
@@ -52,15 +53,16 @@ class ANIL(GradientAdaptation):
             yield "head.weight", self.head.weight
             yield "head.bias", self.head.bias
 
-    def _model(self, params: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+    def _model(self, params: dict[str, torch.Tensor], features: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:  # a linear head: no batch statistics
         return F.linear(features, params["head.weight"], params["head.bias"])
 
     def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
         self._check_ways(episodes.ways)
         n_support = episodes.support.shape[1]
         with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
-            features = self.embed(torch.cat([episodes.support, episodes.query], 1))
+            features = embed_real(self, *episode_images(episodes))  # padded slots: zero features
         with full_precision(features.device):
             features = as_full(features)
             support, query = features[:, :n_support], features[:, n_support:]
-            return self.adapt(self._model, support, episodes.support_labels, query, episodes.ways)
+            return self.adapt(self._model, support, episodes.support_labels, query, episodes.ways, episodes)

@@ -25,6 +25,8 @@ median of 15 paired rounds in one process (spread 0.82-1.17).
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,22 +82,61 @@ class BatchStatisticsFunction(torch.autograd.Function):
         return out.view(n, size, channels, *x.shape[3:]), 1
 
 
+def masked_batch_norm(x: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """Batch norm with the statistics of the samples in ``mask`` (``(N,)`` bool) alone.
+
+    For padded batches of variable episodes: padding must not shift a real episode's statistics.
+    Plain tensor operations, which autograd differentiates exactly to any order under vmap (the
+    fused function above exists for speed on unpadded batches only).
+    """
+    dims = [0, *range(2, x.dim())]
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    real = mask.to(x.dtype).view(-1, *(1,) * (x.dim() - 1))
+    count = real.sum() * (x[0, 0].numel())
+    mean = (x * real).sum(dims, keepdim=True) / count
+    centred = x - mean
+    var = (centred.pow(2) * real).sum(dims, keepdim=True) / count
+    return centred * torch.rsqrt(var + eps) * weight.view(shape) + bias.view(shape)
+
+
 class BatchStatisticsNorm(nn.Module):
     """Stand-in for a ``BatchNorm{1,2,3}d`` module that always uses the batch's own statistics
     and keeps no running statistics. Shares the replaced module's affine parameters, so
-    parameter names (and checkpoints' parameter keys) stay the same."""
+    parameter names (and checkpoints' parameter keys) stay the same.
+
+    ``sample_mask`` (set by :func:`sample_mask` around a forward pass of a padded batch) restricts
+    the statistics to the real samples."""
 
     def __init__(self, norm: nn.modules.batchnorm._BatchNorm):
         super().__init__()
         self.num_features, self.eps = norm.num_features, norm.eps
         self.weight = norm.weight if norm.affine else None
         self.bias = norm.bias if norm.affine else None
+        self.sample_mask: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
         if weight is None:  # affine=False: the same function with weight 1 and bias 0
             weight, bias = x.new_ones(self.num_features), x.new_zeros(self.num_features)
+        if self.sample_mask is not None:
+            return masked_batch_norm(x, self.sample_mask, weight, bias, self.eps)
         return BatchStatisticsFunction.apply(x, weight, bias, self.eps)
+
+
+@contextlib.contextmanager
+def sample_mask(module: nn.Module, mask: torch.Tensor | None):
+    """Within the block, batch-statistics layers in ``module`` normalise with the samples in ``mask``
+    only (``(N,)`` bool for an ``(N, ...)`` batch; None: all). A module attribute rather than an
+    argument, because the backbone's forward is the plugin's own and takes images alone."""
+    norms = [m for m in module.modules() if isinstance(m, BatchStatisticsNorm)] if mask is not None else []
+    for norm in norms:
+        norm.sample_mask = mask
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.sample_mask = None
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, batch statistics"

@@ -37,13 +37,24 @@ def adapted_query_logits(
     *,
     steps: int,
     first_order: bool,
+    support_mask: torch.Tensor | None = None,
+    query_mask: torch.Tensor | None = None,
+    way_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Adapt ``params`` on each episode's support set and classify its query set.
 
     model: ``model(params, x (N, ...)) -> logits (N, ways)``, a pure function of ``params``.
     lrs: inner learning rate per parameter name (a float, or a tensor broadcastable to it).
     support ``(B, S, ...)``, support_labels ``(B, S)``, query ``(B, Q, ...)`` -> ``(B, Q, ways)``.
+
+    A padded batch of variable episodes gives ``support_mask (B, S)``, ``query_mask (B, Q)`` and
+    ``way_mask (B, ways)``: the model is then called ``model(params, x, mask)`` with the episode's
+    real-sample mask (for batch statistics), padded ways' logits are ``-inf`` and the inner loss is
+    the mean over real support samples, so each episode adapts exactly as it would alone.
     """
+    if support_mask is not None:
+        return _masked_adaptation(model, params, lrs, support, support_labels, query, support_mask, query_mask,
+                                  way_mask, steps=steps, first_order=first_order)
 
     def support_loss(p, xs, ys):
         return F.cross_entropy(model(p, xs), ys)
@@ -60,6 +71,30 @@ def adapted_query_logits(
     # Dropout and other random layers draw independently per episode.
     batched = vmap(episode, in_dims=(None, None, 0, 0, 0), randomness="different")
     return batched(params, lrs, support, support_labels, query)
+
+
+def _masked_adaptation(model, params, lrs, support, support_labels, query, support_mask, query_mask, way_mask, *,
+                       steps: int, first_order: bool) -> torch.Tensor:
+    def logits_of(p, x, mask, ways):
+        return model(p, x, mask).masked_fill(~ways, float("-inf"))
+
+    def support_loss(p, xs, ys, ms, mw):
+        logp = torch.log_softmax(logits_of(p, xs, ms, mw), -1)
+        nll = -logp.gather(-1, ys.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        # where(), not a product: a padded slot's value must not reach the sum even as 0 * inf.
+        return torch.where(ms, nll, torch.zeros_like(nll)).sum() / ms.sum()
+
+    def episode(p, lr, xs, ys, xq, ms, mq, mw):
+        fast = p
+        for _ in range(steps):
+            g = grad(support_loss)(fast, xs, ys, ms, mw)
+            if first_order:
+                g = {k: v.detach() for k, v in g.items()}
+            fast = {k: fast[k] - lr[k] * g[k] for k in fast}
+        return logits_of(fast, xq, mq, mw)
+
+    batched = vmap(episode, in_dims=(None, None, 0, 0, 0, 0, 0, 0), randomness="different")
+    return batched(params, lrs, support, support_labels, query, support_mask, query_mask, way_mask)
 
 
 def full_precision(device: torch.device):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg_strategies.batchnorm import use_batch_statistics
+from metareg_strategies.batchnorm import sample_mask, use_batch_statistics
 from metareg_strategies.inner_loop import adapted_query_logits, as_full, autocast_dtype, full_precision
 from metareg_strategies.option_checks import flag, one_of, positive
 
@@ -61,6 +61,12 @@ class GradientAdaptation(metareg.Strategy):
     # -- set-up ---------------------------------------------------------------------------------
     def setup(self, backbone: nn.Module, task: metareg.TaskInfo) -> None:
         super().setup(backbone, task)
+        if self.head_init == "learned" and getattr(task, "episodes", "fixed") == "variable":
+            raise metareg.ConfigError(
+                f"{self.name}'s learned head has a fixed number of outputs, but --episodes variable draws episodes "
+                f"of 5 to 50 ways; use --strategy-opt head_init=zero (a zero head re-learnt per episode fits any "
+                f"number of ways), or --episodes fixed"
+            )
         if self.head_init == "learned":
             if task.test_ways != task.ways:
                 raise metareg.ConfigError(
@@ -110,14 +116,20 @@ class GradientAdaptation(metareg.Strategy):
             lrs = {k: self.adaptation_lr for k in params}
         return params, lrs
 
-    def adapt(self, model, support, support_labels, query, ways: int) -> torch.Tensor:
-        """Adapted query logits ``(B, Q, ways)`` for inputs already prepared for ``model``."""
+    def adapt(self, model, support, support_labels, query, ways: int,
+              episodes: metareg.EpisodeBatch | None = None) -> torch.Tensor:
+        """Adapted query logits ``(B, Q, ways)`` for inputs already prepared for ``model``; the masks of
+        ``episodes``, when it is a padded batch, keep padding out of the inner loop."""
         self._check_ways(ways)
         # Evaluation adapts too but never backpropagates into the meta-parameters: no outer graph.
         params, lrs = self._meta_parameters(ways, support, detach=not self.training)
         steps = self.adaptation_steps if self.training else self.test_adaptation_steps
+        masks = {}
+        if episodes is not None and episodes.padded:
+            masks = dict(support_mask=episodes.support_mask, query_mask=episodes.query_mask,
+                         way_mask=episodes.way_mask)
         return adapted_query_logits(
-            model, params, lrs, support, support_labels, query, steps=steps, first_order=self.first_order
+            model, params, lrs, support, support_labels, query, steps=steps, first_order=self.first_order, **masks
         )
 
     def head_logits(self, params: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
@@ -202,13 +214,15 @@ class MAML(GradientAdaptation):
             yield "head.weight", self.head.weight
             yield "head.bias", self.head.bias
 
-    def _model(self, params: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    def _model(self, params: dict[str, torch.Tensor], images: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
         dtype = self._compute_dtype
         if dtype is not None:  # explicit low-precision compute; the float32 weights get float32 gradients
             params = {k: v.to(dtype) for k, v in params.items()}
             images = images.to(dtype)
         body = {k[len("backbone."):]: v for k, v in params.items() if k.startswith("backbone.")}
-        features = torch.func.functional_call(self.backbone, body, (images,))
+        with sample_mask(self.backbone, mask):  # a padded episode's batch statistics: its real images only
+            features = torch.func.functional_call(self.backbone, body, (images,))
         logits = self.head_logits(params, features)
         return logits.float() if dtype is not None else logits
 
@@ -224,6 +238,7 @@ class MAML(GradientAdaptation):
                     episodes.support_labels,
                     as_full(episodes.query),
                     episodes.ways,
+                    episodes,
                 )
         finally:
             self._compute_dtype = None

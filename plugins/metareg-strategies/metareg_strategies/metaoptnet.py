@@ -9,19 +9,24 @@ from torch import nn
 
 import metareg
 from metareg_strategies.inner_loop import as_full, full_precision
+from metareg_strategies.masked import embed_real, episode_images
 from metareg_strategies.option_checks import flag, one_of, positive
 from metareg_strategies.svm import crammer_singer_svm
 
 
 def ridge_scores(support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, ways: int,
-                 lam: float) -> torch.Tensor:
+                 lam: float, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Query scores of one-vs-all ridge regression on one-hot targets, fitted per episode.
 
     Dual (kernel) form, as in MetaOptNet: ``alpha = (K + lam I)^-1 Y`` with ``K`` the support Gram
     matrix, scores ``= Q S^T alpha`` (equal to ``Q W`` with the primal ``W = (S^T S + lam I)^-1 S^T Y``);
     one batched ``torch.linalg.solve`` of size support-count for the whole meta-batch.
+
+    ``targets`` (default: one-hot ``support_labels``) of a padded batch has zero rows at padded support
+    slots; with their features zero too, the system splits into the real one and ``lam * alpha = 0``.
     """
-    targets = F.one_hot(support_labels, ways).to(support.dtype)
+    if targets is None:
+        targets = F.one_hot(support_labels, ways).to(support.dtype)
     gram = support @ support.transpose(1, 2)
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
     alpha = torch.linalg.solve(gram + lam * eye, targets)
@@ -73,18 +78,21 @@ class MetaOptNet(metareg.Strategy):
 
     def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
         n_support = episodes.support.shape[1]
-        features = self.embed(torch.cat([episodes.support, episodes.query], 1))
+        features = embed_real(self, *episode_images(episodes))  # padded slots: zero features
         with full_precision(features.device):  # the base learner's solves need float32 or better
             features = as_full(features)
             support, query = features[:, :n_support], features[:, n_support:]
             if self.base_learner == "ridge":
-                scores = ridge_scores(support, episodes.support_labels, query, episodes.ways, self.ridge_lambda)
+                targets = episodes.support_onehot(support.dtype) if episodes.padded else None
+                scores = ridge_scores(support, episodes.support_labels, query, episodes.ways, self.ridge_lambda,
+                                      targets)
             else:
                 scores = crammer_singer_svm(
                     support, episodes.support_labels, query, episodes.ways,
                     c=self.svm_c, iterations=self.svm_iterations, exact=self.svm_exact,
+                    support_mask=episodes.support_mask, way_mask=episodes.way_mask,
                 )
-            return self.scale * scores
+            return episodes.mask_ways(self.scale * scores)
 
     # ------------------------------------------------------------------ prediction (metareg predict)
     # The fitted base learner is linear in the features: class weights W = S^T alpha, so the support

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import metareg
+from metareg_strategies.masked import embed_real, episode_images
 from metareg_strategies.option_checks import one_of, positive
 
 Distance = Literal["euclidean", "cosine"]
@@ -64,11 +65,18 @@ class PrototypicalNetworks(metareg.Strategy):
 
     def forward(self, episodes: metareg.EpisodeBatch) -> torch.Tensor:
         # Support and query through the backbone in one pass: one batch-norm batch, one kernel launch per layer.
-        both = torch.cat([episodes.support, episodes.query], 1)
-        features = torch.cat([self.embed(part) for part in both.split(self.chunk(both))]).float()
+        both, real = episode_images(episodes)
+        chunk = self.chunk(both)
+        masks = [None] * len(both.split(chunk)) if real is None else real.split(chunk)
+        features = torch.cat([embed_real(self, part, m) for part, m in zip(both.split(chunk), masks, strict=True)])
+        features = features.float()
         n_support = episodes.support.shape[1]
         support, query = features[:, :n_support], features[:, n_support:]
-        prototypes = metareg.class_means(support, episodes.support_labels, episodes.ways)
+        if episodes.padded:  # padded support slots have zero one-hot rows: class means of real images only
+            onehot = episodes.support_onehot(support.dtype)
+            prototypes = (onehot.transpose(1, 2) @ support) / onehot.sum(1).clamp(min=1).unsqueeze(-1)
+        else:
+            prototypes = metareg.class_means(support, episodes.support_labels, episodes.ways)
         if self.distance == "cosine":
             logits = F.normalize(query, dim=-1) @ F.normalize(prototypes, dim=-1).transpose(1, 2)
         else:
@@ -78,7 +86,7 @@ class PrototypicalNetworks(metareg.Strategy):
             self.log_metric("separation", class_separation(F.normalize(query, dim=-1) if cosine else query,
                                                            F.normalize(prototypes, dim=-1) if cosine else prototypes,
                                                            episodes.query_labels))
-        return logits / self.temperature
+        return episodes.mask_ways(logits / self.temperature)
 
     # ------------------------------------------------------------------ prediction (metareg predict / export)
     # Prototypes depend on the support set only, so `metareg predict --cache` stores them and
