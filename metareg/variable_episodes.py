@@ -54,8 +54,12 @@ class VariableDraw:
         return self.index.shape[0]
 
     def __getitem__(self, rows) -> VariableDraw:
-        """Episodes ``rows`` (a tensor of episode numbers), still padded to this draw's sizes."""
-        return VariableDraw(self.index[rows], self.support_labels[rows], self.query_labels[rows], self.ways[rows])
+        """Episodes ``rows`` (a tensor of episode numbers), padded to the largest of them (a pool of tasks,
+        ``num_tasks``, is padded to its largest task; a batch drawn from it need not be)."""
+        support, query = self.support_labels[rows], self.query_labels[rows]
+        s, q = int((support != PAD_LABEL).sum(1).max()), int((query != PAD_LABEL).sum(1).max())
+        index = torch.cat([self.index[rows][:, :s], self.index[rows][:, support.shape[1]:][:, :q]], 1)
+        return VariableDraw(index, support[:, :s], query[:, :q], self.ways[rows])
 
     @classmethod
     def concat(cls, draws: list[VariableDraw]) -> VariableDraw:
