@@ -20,6 +20,7 @@ Everything here that reads LitData imports it lazily: ``metareg list`` never pay
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -113,7 +114,8 @@ def _fetch(root: str, path: str, cache_dir: str | None) -> Path:
     litdata()
     from litdata.streaming.fs_provider import _get_fs_provider  # the clients StreamingDataset itself uses
 
-    local_dir = Path(cache_dir or tempfile.mkdtemp(prefix="metareg-shards-")) / "index"
+    key = hashlib.blake2b(root.encode(), digest_size=6).hexdigest()  # one copy per remote folder, reused
+    local_dir = Path(cache_dir) / "index" if cache_dir else Path(tempfile.gettempdir()) / f"metareg-shards-{key}"
     local = local_dir / path.removeprefix(root.rstrip("/") + "/")
     local.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -174,8 +176,9 @@ def read_labels(index: ShardIndex, split: str, *, cache_dir: str | None = None) 
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != want.samples:
         raise damaged(index.root, f"labels/{split}.npy holds {labels.dtype} {labels.shape}, the index says "
                                   f"{want.samples} integer labels")
-    counts = np.bincount(labels, minlength=len(want.classes)) if len(labels) and labels.min() >= 0 else None
-    if counts is None and len(labels) or counts is not None and tuple(counts.tolist()) != want.counts:
+    negative = len(labels) and labels.min() < 0
+    counts = () if negative else tuple(np.bincount(labels, minlength=len(want.classes)).tolist())
+    if counts != want.counts:
         raise damaged(index.root, f"labels/{split}.npy does not match the images per class in {INDEX_FILE}")
     return labels.astype(np.int64, copy=False)
 

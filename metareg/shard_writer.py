@@ -81,7 +81,7 @@ def _write(dataset, out: Path, lit, *, source, options, chunk_bytes, progress) -
         for name in SPLITS:
             split = dataset.split(name)
             labels = split.labels.numpy().astype(np.int64)
-            counts = np.bincount(labels, minlength=len(split.classes)) if len(labels) else np.zeros(0, np.int64)
+            counts = np.bincount(labels, minlength=len(split.classes))
             splits[name] = SplitIndex(name, tuple(map(str, split.classes)), tuple(int(c) for c in counts))
             np.save(staging / "labels" / f"{name}.npy", labels, allow_pickle=False)
             if len(labels):
