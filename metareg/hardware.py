@@ -22,6 +22,15 @@ CLUSTER_LAUNCHERS = (
     ("LSF (jsrun)", ("LSB_JOBID", "LSB_DJOB_RANKFILE", "JSM_NAMESPACE_LOCAL_RANK", "JSM_NAMESPACE_SIZE")),
     ("MPI (mpirun with mpi4py)", ("OMPI_COMM_WORLD_SIZE",)),
 )
+# Where each launcher tells a process its global rank and the job's process count (what Lightning's
+# environment of the same launcher reads). Lightning's own environment (MASTER_ADDR and NODE_RANK, or a
+# single machine) has neither: its first process starts the others on its node.
+RANK_AND_SIZE = {
+    "torchrun / torchelastic": ("RANK", "WORLD_SIZE"),
+    "SLURM (srun)": ("SLURM_PROCID", "SLURM_NTASKS"),
+    "LSF (jsrun)": ("JSM_NAMESPACE_RANK", "JSM_NAMESPACE_SIZE"),
+    "MPI (mpirun with mpi4py)": ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+}
 
 
 def check(config) -> None:
@@ -44,6 +53,39 @@ def cluster_launcher(environ: Mapping[str, str] | None = None) -> str | None:
     if "MASTER_ADDR" in environ and ("NODE_RANK" in environ or "GROUP_RANK" in environ):
         return "MASTER_ADDR and NODE_RANK"
     return None
+
+
+def _int(environ: Mapping[str, str], name: str) -> int:
+    try:
+        return int(environ.get(name, "0") or 0)
+    except ValueError:
+        return 0
+
+
+def first_process(environ: Mapping[str, str] | None = None) -> bool:
+    """True in the process of global rank 0 (or a process on its own), false in every other process of a job.
+
+    Read from the environment before Lightning starts, as Lightning's cluster environments read it: the
+    launcher's rank variable, else Lightning's own (``NODE_RANK`` or torchrun's ``GROUP_RANK``, ``LOCAL_RANK``).
+    """
+    environ = os.environ if environ is None else environ
+    launcher = cluster_launcher(environ)
+    if launcher in RANK_AND_SIZE:
+        return _int(environ, RANK_AND_SIZE[launcher][0]) == 0
+    node = _int(environ, "NODE_RANK") if "NODE_RANK" in environ else _int(environ, "GROUP_RANK")
+    return node == 0 and _int(environ, "LOCAL_RANK") == 0
+
+
+def started_separately(num_nodes: int, environ: Mapping[str, str] | None = None) -> str | None:
+    """The launcher, when this job's processes are started apart from this one (other nodes, or a launcher
+    that starts one process per device), so that nothing but the command line can tell them where to write;
+    None when this process is alone or starts the others itself (Lightning's launcher on one machine)."""
+    environ = os.environ if environ is None else environ
+    launcher = cluster_launcher(environ)
+    if launcher is None:
+        return None
+    size = _int(environ, RANK_AND_SIZE[launcher][1]) if launcher in RANK_AND_SIZE else 1
+    return launcher if num_nodes > 1 or size > 1 else None
 
 
 def check_nodes(num_nodes: int, environ: Mapping[str, str] | None = None) -> None:

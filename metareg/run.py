@@ -23,6 +23,9 @@ Re-entrancy: Lightning's ``ddp`` launcher re-executes the command line in each
 process. The first process picks the run directory and exports it as
 ``METAREG_RUN_DIR``; the processes it launches (``LOCAL_RANK`` > 0 or
 ``NODE_RANK`` > 0) read it back, so every process writes to the same place.
+Processes started apart from the first (torchrun, srun, the other nodes of a
+multi-node job) take the same ``--output-dir`` without claiming it (a job without
+one is refused in every process); only global rank 0 writes there.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ from metareg.errors import ConfigError
 from metareg.evaluation import Report, episode_table, read_episodes
 from metareg.files import atomic_write
 from metareg.hardware import check as check_hardware
+from metareg.hardware import started_separately
 from metareg.lightning_trainer import make_trainer
 from metareg.preparation import Prepared, prepare, run_config
 from metareg.run_settings import check_eval_settings, check_resume
@@ -56,9 +60,32 @@ class RunResult:
     best_checkpoint: Path | None = None
 
 
+def _joined_dir(num_nodes: int, output_dir) -> Path | None:
+    """Where a process that is not its job's first writes: the directory the first one claims (None in the first).
+
+    Processes that Lightning's launcher starts inherit it (METAREG_RUN_DIR); those started apart from the
+    first (torchrun, srun, another node) can only agree with it on the same --output-dir.
+    """
+    inherited = launched_worker() and os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        return Path(inherited)
+    launcher = started_separately(num_nodes)
+    if launcher and not output_dir:
+        # Refused in every process, the first included: it would otherwise wait for the others for ever.
+        raise ConfigError(
+            f"this process is one of a job started by {launcher}, whose processes each choose a run directory "
+            "from the command line alone: pass the same --output-dir to every process (on a filesystem that "
+            "every node shares)"
+        )
+    if launched_worker() and output_dir:
+        return Path(output_dir).resolve()  # the first process checks and claims it; checking here would race
+    return None
+
+
 def _run_dir(config: RunConfig, resume: bool) -> Path:
-    if launched_worker() and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
+    joined = _joined_dir(config.num_nodes, config.output_dir)
+    if joined is not None:
+        return joined
     if config.output_dir:
         path = Path(config.output_dir)
     elif resume:
@@ -256,8 +283,8 @@ def evaluate(checkpoint: str | Path, *, dataset=None, output_dir: str | Path | N
                                   else meta["config"], str(checkpoint), given)
     check_hardware(config)
     config, dataset = run_config(config, dataset, {})
-    worker = launched_worker() and os.environ.get(RUN_DIR_ENV)
-    run_dir = Path(os.environ[RUN_DIR_ENV]) if worker else _eval_dir(checkpoint, config, output_dir)
+    worker = _joined_dir(config.num_nodes, output_dir)
+    run_dir = worker or _eval_dir(checkpoint, config, output_dir)
     registry = registry or Registry.current()
     prepared = prepare(config, registry, dataset, model=load_model(checkpoint, registry))
     trainer = make_trainer(config, None, fit=False)

@@ -11,8 +11,9 @@ records the holder's pid, host and start time for that message only: the lock it
 the kernel's, released when the holder's process ends however it ends (a killed run
 leaves no stale lock to clear by hand).
 
-Lightning's ``ddp`` launcher re-executes the command line in each further process; those
-processes write into the directory their first process claimed and never take the lock
+Lightning's ``ddp`` launcher re-executes the command line in each further process, and a
+cluster launcher (torchrun, srun) or another node runs the same command line; those
+processes write into the directory the job's first process claimed and never take the lock
 themselves (it would be refused: the first process holds it).
 """
 from __future__ import annotations
@@ -68,8 +69,11 @@ class Contents:
 
 
 def launched_worker() -> bool:
-    """True in a process that Lightning's ddp launcher started: it works under its parent's claim."""
-    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
+    """True in any process of a distributed job but its first (started by Lightning's ddp launcher, by
+    torchrun or srun, or on another node): it works under the first process's claim."""
+    from metareg.hardware import first_process
+
+    return not first_process()
 
 
 def read_marker(path: Path) -> str | None:
