@@ -27,6 +27,9 @@ MAPPING_SECTIONS = (*OPTION_SECTIONS, "trainer_options", "lr_multipliers")
 # The repeatable KEY=VALUE command-line flag of each mapping section.
 SECTION_FLAGS = {**{k.options_field: k.cli_flag for k in kinds.ALL}, "trainer_options": "--trainer-opt",
                  "lr_multipliers": "--lr-multiplier"}
+# Queries per class of validation and test episodes unless test_queries says otherwise: the field's protocol
+# (Snell et al. 2017 onwards), so reported accuracies compare with published ones whatever --queries trains on.
+EVAL_QUERIES = 15
 INT_MAX = 2**31 - 1  # counts beyond this overflow the int32 index tensors of the sampler and data loaders
 
 
@@ -73,7 +76,7 @@ BOUNDS: dict[str, Bound] = {
     "shots": COUNT, "queries": COUNT, "meta_batch_size": COUNT, "epoch_length": COUNT,
     "test_ways": Bound(2, INT_MAX, hint="unset it to reuse ways"),
     "test_shots": Bound(1, INT_MAX, hint="unset it to reuse shots"),
-    "test_queries": Bound(1, INT_MAX, hint="unset it to reuse queries"),
+    "test_queries": Bound(1, INT_MAX, hint=f"unset it for {EVAL_QUERIES}, the field's protocol"),
     "num_tasks": Bound(1, INT_MAX, sentinels=(-1,), hint="-1 draws a fresh task every time"),
     "test_num_tasks": COUNT, "val_num_tasks": COUNT, "eval_meta_batch_size": COUNT,
     "max_epochs": Bound(1, INT_MAX, sentinels=(-1,), hint="-1 with max_steps for a step budget"),
@@ -122,7 +125,7 @@ class RunConfig:
     epoch_length: int = 75  # meta-batches per epoch
     test_ways: int | None = None  # None: same as ways
     test_shots: int | None = None
-    test_queries: int | None = None
+    test_queries: int | None = None  # None: EVAL_QUERIES (15), not queries
     test_num_tasks: int = 600
     val_num_tasks: int = 100
     eval_meta_batch_size: int = 25  # episodes per forward pass in validation and test
@@ -174,7 +177,7 @@ class RunConfig:
 
     @property
     def eval_queries(self) -> int:
-        return self.test_queries or self.queries
+        return self.test_queries or EVAL_QUERIES
 
     # ------------------------------------------------------------------ building
     @classmethod

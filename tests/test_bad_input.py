@@ -24,7 +24,7 @@ from metareg.errors import ConfigError
 
 # glyphs at 14 px with 6 renderings per class: generated once into the test cache, then fast.
 DATA = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6"]
-TRAIN = ["--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1", "--queries", "2",
+TRAIN = ["--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1", "--queries", "2", "--test-queries", "2",
          "--meta-batch-size", "2", "--epoch-length", "2", "--max-epochs", "1", "--test-num-tasks", "4",
          "--val-num-tasks", "2", "--eval-meta-batch-size", "2", "--no-progress"]
 TINY = [*DATA, *TRAIN]

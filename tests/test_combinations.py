@@ -114,8 +114,8 @@ def test_run_refuses_a_missing_capability_before_any_work(with_test_plugin, tmp_
     out = tmp_path / "run"
     # A tiny budget, so that a run which wrongly goes ahead fails this test quickly.
     tiny = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6", "--ways", "3", "--shots", "1",
-            "--queries", "2", "--meta-batch-size", "1", "--epoch-length", "1", "--max-epochs", "1",
-            "--test-num-tasks", "2", "--val-num-tasks", "2", "--no-progress"]
+            "--queries", "2", "--test-queries", "2", "--meta-batch-size", "1", "--epoch-length", "1",
+            "--max-epochs", "1", "--test-num-tasks", "2", "--val-num-tasks", "2", "--no-progress"]
     result = CliRunner().invoke(cli, ["run", "--strategy", "maml", "--backbone", "plainnet", *tiny,
                                       "--output-dir", str(out)])
     assert result.exit_code == 2, result.output

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from metareg.cli import cli
 
 TINY = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6", "--backbone-opt", "hidden=8",
-        "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "3",
+        "--ways", "3", "--shots", "1", "--queries", "2", "--test-queries", "2", "--meta-batch-size", "2",
+        "--epoch-length", "3",
         "--max-epochs", "1", "--test-num-tasks", "4", "--val-num-tasks", "2", "--eval-meta-batch-size", "4",
         "--no-progress"]
 

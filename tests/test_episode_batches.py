@@ -19,7 +19,8 @@ from metareg.registry import Registry
 from metareg.strategy import TrainBatches
 
 GLYPHS = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6", "--backbone-opt", "hidden=8",
-          "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "2",
+          "--ways", "3", "--shots", "1", "--queries", "2", "--test-queries", "2", "--meta-batch-size", "2",
+          "--epoch-length", "2",
           "--max-epochs", "1", "--val-num-tasks", "3", "--test-num-tasks", "3", "--no-progress"]
 
 

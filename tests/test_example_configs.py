@@ -11,7 +11,8 @@ from metareg.cli import cli
 
 CONFIGS = sorted((Path(__file__).parent.parent / "examples" / "configs").glob("*.yaml"))
 TINY = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6", "--backbone-opt", "hidden=8",
-        "--ways", "3", "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "2", "--max-epochs", "1",
+        "--ways", "3", "--queries", "2", "--test-queries", "2", "--meta-batch-size", "2", "--epoch-length", "2",
+        "--max-epochs", "1",
         "--test-num-tasks", "4", "--val-num-tasks", "2", "--eval-meta-batch-size", "4", "--no-progress"]
 
 

@@ -43,7 +43,8 @@ def python_run(tmp_path_factory):
     mine = CSVLogger(tmp_path_factory.mktemp("mine"), name="", version="")
     counter = CountSteps()
     settings = dict(dataset_options={"image_size": 14, "samples_per_class": 6}, backbone_options={"hidden": 8},
-                    ways=3, shots=1, queries=2, meta_batch_size=2, epoch_length=4, max_epochs=2, test_num_tasks=12,
+                    ways=3, shots=1, queries=2, test_queries=2, meta_batch_size=2, epoch_length=4, max_epochs=2,
+                    test_num_tasks=12,
                     val_num_tasks=6, eval_meta_batch_size=6, progress=False, output_dir=str(out))
     result = metareg.train(settings, callbacks=[counter], logger=mine)
     return out, result, counter, mine

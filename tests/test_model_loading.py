@@ -11,7 +11,8 @@ from metareg.model_loading import load_model
 
 SIZE = 14
 TINY = ["--dataset-opt", f"image_size={SIZE}", "--dataset-opt", "samples_per_class=6", "--backbone-opt", "hidden=8",
-        "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "2",
+        "--ways", "3", "--shots", "1", "--queries", "2", "--test-queries", "2", "--meta-batch-size", "2",
+        "--epoch-length", "2",
         "--max-epochs", "1", "--test-num-tasks", "4", "--val-num-tasks", "2", "--eval-meta-batch-size", "4",
         "--no-progress"]
 

@@ -203,6 +203,17 @@ def test_no_nesterov_allows_plain_sgd_without_momentum():
 # ----------------------------------------------------------------------------- 15 test queries
 
 
+def test_test_episodes_default_to_15_queries(tmp_path):
+    at = TINY.index("--test-queries")
+    unset = TINY[:at] + TINY[at + 2:]
+    out = tmp_path / "run"
+    result = metareg_cli("run", *unset, "--output-dir", str(out))
+    assert result.exit_code == 2, result.output
+    # 6 renderings per class cannot fill 1 shot + 15 queries, although training asks for 2 queries
+    assert "validation split" in result.output and "1 + 15 = 16" in result.output, result.output
+    assert "--test-queries" in result.output and not out.exists()
+
+
 def test_test_queries_set_is_used(scheduled):
     summary = yaml.safe_load((scheduled / "summary.json").read_text())  # JSON is YAML
     assert summary["queries"] == 2

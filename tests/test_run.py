@@ -15,7 +15,7 @@ from metareg.cli import cli
 
 # glyphs at 14 px with 6 renderings per class: generated once into the test cache, then fast.
 DATA = ["--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6"]
-TINY = [*DATA, "--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1", "--queries", "2",
+TINY = [*DATA, "--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1", "--queries", "2", "--test-queries", "2",
         "--meta-batch-size", "2", "--epoch-length", "4", "--max-epochs", "2", "--test-num-tasks", "12",
         "--val-num-tasks", "6", "--eval-meta-batch-size", "6", "--no-progress"]
 LINE = re.compile(r"^(\d+)-way (\d+)-shot: (\d+\.\d) ± (\d+\.\d) % \(95% CI, (\d+) test episodes\)$", re.M)
@@ -277,7 +277,8 @@ def test_channels_last_converts_the_convolutions_and_can_be_turned_off():
              ({"strategy": "maml"}, torch.contiguous_format), ({"strategy": "maml", "channels_last": True},
                                                                 torch.channels_last))
     for settings, expected in cases:
-        config = RunConfig.from_sources({"dataset_options": {"image_size": 14, "samples_per_class": 6}, **settings})
+        config = RunConfig.from_sources({"dataset_options": {"image_size": 14, "samples_per_class": 6},
+                                         "test_queries": 2, **settings})
         learner, _ = metareg.prepare(config)
         learner.setup("fit")
         convs = [m.weight for m in learner.modules() if isinstance(m, torch.nn.Conv2d)]

@@ -14,8 +14,8 @@ from metareg.cli import cli
 
 # glyphs at 14 px, 3-way episodes, two optimizer steps, four test episodes: seconds per member.
 TINY = {"dataset_options": {"image_size": 14, "samples_per_class": 6}, "backbone_options": {"hidden": 8},
-        "ways": 3, "shots": 1, "queries": 2, "meta_batch_size": 2, "epoch_length": 2, "max_epochs": 1,
-        "max_steps": 2, "test_num_tasks": 4, "val_num_tasks": 2, "eval_meta_batch_size": 4}
+        "ways": 3, "shots": 1, "queries": 2, "test_queries": 2, "meta_batch_size": 2, "epoch_length": 2,
+        "max_epochs": 1, "max_steps": 2, "test_num_tasks": 4, "val_num_tasks": 2, "eval_meta_batch_size": 4}
 GRID = ["--grid", "strategy=protonet,default", "--grid", "seed=0,1"]
 MEMBERS = ["strategy-protonet__seed-0", "strategy-protonet__seed-1", "strategy-default__seed-0",
            "strategy-default__seed-1"]

@@ -32,7 +32,8 @@ PROVIDERS = FIRST_PARTY | ({"metareg-core"} if "metareg" in tomllib.loads(
 NOT_THIRD_PARTY = re.compile(r"^(metareg|__editable__|pip$|pip-|__pycache__$)|\.pth$", re.IGNORECASE)
 TINY_RUN = ["--max-steps", "2", "--max-epochs", "-1", "--dataset-opt", "image_size=14",
             "--dataset-opt", "samples_per_class=6", "--backbone-opt", "hidden=8", "--ways", "3", "--shots", "1",
-            "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "2", "--test-num-tasks", "4",
+            "--queries", "2", "--test-queries", "2", "--meta-batch-size", "2", "--epoch-length", "2",
+            "--test-num-tasks", "4",
             "--val-num-tasks", "2", "--eval-meta-batch-size", "4", "--no-progress"]
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ from dataclasses import fields
 import click
 
 from metareg import kinds
-from metareg.config import MAPPING_SECTIONS, RunConfig
+from metareg.config import EVAL_QUERIES, MAPPING_SECTIONS, RunConfig
 from metareg.errors import ConfigError
 from metareg.options import parse_assignments
 from metareg.run_settings import EVAL_SETTINGS
@@ -28,7 +28,8 @@ HELP = {
     "epoch_length": "Meta-batches (optimizer steps) per epoch, across all processes.",
     "test_ways": "Classes per validation/test episode (default: --ways).",
     "test_shots": "Support samples per class at validation/test (default: --shots).",
-    "test_queries": "Query samples per class at validation/test (default: 15, the field's protocol).",
+    "test_queries": f"Query samples per class at validation/test (default: {EVAL_QUERIES}, the field's protocol, "
+                    "whatever --queries is).",
     "test_num_tasks": "Fixed, seeded test episodes to report on.",
     "val_num_tasks": "Fixed validation episodes evaluated after each epoch.",
     "eval_meta_batch_size": "Episodes per forward pass during validation and test.",

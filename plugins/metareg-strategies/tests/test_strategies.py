@@ -196,7 +196,8 @@ def test_metareg_run_maml_with_resnet18(tmp_path):
     result = CliRunner().invoke(cli, [
         "run", "--strategy", "maml", "--backbone", "resnet18", "--backbone-opt", "width=8",
         "--dataset-opt", "image_size=14", "--dataset-opt", "samples_per_class=6", "--ways", "3", "--shots", "1",
-        "--queries", "1", "--meta-batch-size", "2", "--epoch-length", "1", "--max-epochs", "1", "--max-steps", "1",
+        "--queries", "1", "--test-queries", "1", "--meta-batch-size", "2", "--epoch-length", "1", "--max-epochs", "1",
+        "--max-steps", "1",
         "--val-num-tasks", "2", "--test-num-tasks", "2", "--eval-meta-batch-size", "2", "--no-progress",
         "--output-dir", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
