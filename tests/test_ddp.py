@@ -52,7 +52,8 @@ def test_training_episodes_are_split_across_ranks_without_collisions():
     # every image is filled with its own index, so a gathered batch says which samples it holds
     images = torch.arange(120, dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 4, 4).contiguous()
     data = metareg.FewShotDataset.from_arrays(images, labels, name="t", ratios=(0.6, 0.2, 0.2))
-    config = RunConfig.from_sources({"ways": 3, "shots": 1, "queries": 2, "meta_batch_size": 4, "epoch_length": 8})
+    config = RunConfig.from_sources({"ways": 3, "shots": 1, "queries": 2, "test_queries": 2, "meta_batch_size": 4,
+                                     "epoch_length": 8})
     dm = EpisodeDataModule(data, config)
     dm.check()
     dm.setup("fit")

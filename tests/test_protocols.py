@@ -93,7 +93,7 @@ def test_a_run_with_a_backbone_without_out_features_stops_before_training(tmp_pa
     registry = Registry(load_plugins(extra=[("brokenbb", _BrokenBackbonePlugin())]))
     with pytest.raises(metareg.MetaregError, match="backbone 'nofeatures' does not set an integer `out_features`"):
         metareg.train(dataset=_arrays(), backbone="nofeatures", registry=registry, output_dir=str(tmp_path / "run"),
-                      ways=2, shots=1, queries=1)
+                      ways=2, shots=1, queries=1, test_queries=1)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
