@@ -4,7 +4,8 @@ The default transform of a run, ``none``, belongs to the core (a run needs no au
 package), yet it comes through the same door as third-party components: the entry point
 ``core`` of the ``metareg-core`` distribution names this module. So ``metareg list`` shows
 it with its package, and ``--load-plugins`` / ``--disable-plugins`` treat it like any other.
-The factory is a lazy reference, so listing it imports no torch.
+So is the dataset ``shards``, the reader of the folders the core command ``metareg shard`` writes.
+The factories are lazy references, so listing them imports neither torch nor LitData.
 """
 from __future__ import annotations
 
