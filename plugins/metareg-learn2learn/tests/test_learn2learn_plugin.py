@@ -293,7 +293,8 @@ def test_metareg_run_trains_on_a_learn2learn_dataset(tmp_path, synthetic):
         [
             *cmd, "run", "--dataset", "l2l-cifarfs", "--dataset-opt", f"root={root}", "--dataset-opt", "image_size=16",
             "--backbone", "l2l-cnn4", "--backbone-opt", "hidden_size=8", "--strategy", "l2l-metasgd",
-            "--ways", "2", "--shots", "1", "--queries", "1", "--meta-batch-size", "2", "--epoch-length", "2",
+            "--ways", "2", "--shots", "1", "--queries", "1", "--test-queries", "1", "--meta-batch-size", "2",
+            "--epoch-length", "2",
             "--max-steps", "2", "--max-epochs", "-1", "--test-num-tasks", "4", "--val-num-tasks", "2",
             "--output-dir", str(out), "--no-progress", "--accelerator", "cpu",
         ],
