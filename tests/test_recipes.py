@@ -185,14 +185,18 @@ def test_every_recipe_trains_on_synthetic_images_of_its_shape(name, tmp_path):
                                                                          "recipe": recipe.dataset}
 
 
-# Range provisional until measured (see the next commit).
+# Measured on images_background.zip (vinyals split of its 964 characters, rotations) with this command at seeds
+# 0, 1, 2: 68.96 ± 2.90, 70.80 ± 3.09, 65.65 ± 3.12 % (seed 0 is what runs here). The range allows the seed spread
+# and the CI, and still fails a recipe that does not train (lr 10 diverges) or tests another protocol.
 @pytest.mark.slow
 @pytest.mark.omniglot
 def test_protonet_omniglot_recipe_on_real_omniglot_at_a_small_budget(omniglot_zip, tmp_path):
     result = invoke("reproduce", "protonet-omniglot-5w1s", "--data-root", str(omniglot_zip.parent.parent),
-                    "--max-epochs", "1", "--epoch-length", "30", "--val-num-tasks", "20", "--test-num-tasks", "100",
+                    "--max-epochs", "1", "--epoch-length", "10", "--val-num-tasks", "10", "--test-num-tasks", "50",
                     "--no-progress", "--output-dir", str(tmp_path / "run"))
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "run" / "reproduction.json").read_text())
-    assert 80.0 <= record["run"]["accuracy"] <= 97.0, record["run"]
-    assert "changed from the recipe: epoch_length=30 (recipe: 100)" in result.stdout
+    assert 60.0 <= record["run"]["accuracy"] <= 80.0, record["run"]
+    assert record["run"]["episodes"] == 50 and record["protocol"] == {"ways": 5, "shots": 1, "queries": 15,
+                                                                      "episodes": 1000}
+    assert "changed from the recipe: epoch_length=10 (recipe: 100)" in result.stdout
