@@ -186,8 +186,8 @@ def test_every_recipe_trains_on_synthetic_images_of_its_shape(name, tmp_path):
 
 
 # Measured on images_background.zip (vinyals split of its 964 characters, rotations) with this command at seeds
-# 0, 1, 2: 68.96 ± 2.90, 70.80 ± 3.09, 65.65 ± 3.12 % (seed 0 is what runs here). The range allows the seed spread
-# and the CI, and still fails a recipe that does not train (lr 10 diverges) or tests another protocol.
+# 0, 1, 2: 68.96 ± 2.90, 70.80 ± 3.09, 65.65 ± 3.12 % (seed 0 is what runs here); the range allows the seed
+# spread and the CI.
 @pytest.mark.slow
 @pytest.mark.omniglot
 def test_protonet_omniglot_recipe_on_real_omniglot_at_a_small_budget(omniglot_zip, tmp_path):
