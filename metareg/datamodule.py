@@ -163,10 +163,6 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def _check_sources(self, splits) -> None:
         c = self.config
-        if getattr(c, "episodes", "fixed") != "fixed":
-            raise ConfigError(f"--episodes {c.episodes} draws from one dataset; a run with several sources "
-                              f"({', '.join(self.source_names)}) draws fixed episodes: drop --episodes or keep one "
-                              "--dataset")
         shapes = {"train": (c.ways, c.shots, c.queries)} if self.train_batches is TrainBatches.EPISODES else {}
         shapes.update({n: (c.eval_ways, c.eval_shots, c.eval_queries) for n in splits if n != "train"})
         for name in [n for n in splits if n in shapes]:
@@ -175,11 +171,19 @@ class EpisodeDataModule(pl.LightningDataModule):
             for source in self.sources:
                 split = source.dataset.split(name)
                 try:
-                    samplers.append(EpisodeSampler(split.labels, split.classes, ways=ways, shots=shots,
+                    # Meta-Dataset itself: each source draws its own variable episodes (ways up to its classes).
+                    samplers.append(self._variable(split, name) if c.episodes == "variable" else
+                                    EpisodeSampler(split.labels, split.classes, ways=ways, shots=shots,
                                                    queries=queries, split=name))
                 except DataError as exc:
                     raise DataError(f"source {source.name!r}: {exc}") from None
             self.source_samplers[name] = samplers
+
+    @staticmethod
+    def _variable(split: ClassSplit, name: str):
+        from metareg.variable_episodes import VariableEpisodeSampler
+
+        return VariableEpisodeSampler(split.labels, split.classes, split=name)
 
     def check_world_size(self, world_size: int) -> None:
         if self.config.epoch_length % world_size:

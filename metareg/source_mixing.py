@@ -10,6 +10,10 @@ sources as a meta-batch of Meta-Dataset episodes would, instead of alternating w
 domains; with ``meta_batch_size`` 1 the two are the same. The draws are a pure function of
 ``(seed, stream, epoch, index)`` (:func:`metareg.episodes.generator`), as for one dataset, so DDP ranks
 stay disjoint and a resumed run draws what an uninterrupted one draws.
+
+With ``--episodes variable`` (Meta-Dataset: several sources *and* episodes of varying ways and shots)
+each source draws its own :class:`~metareg.variable_episodes.VariableEpisodeSampler` episodes and a
+meta-batch mixing sources is padded to its own largest episode, one masked batch as for one source.
 """
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ import torch
 from torch.utils.data import Dataset
 
 from metareg.dataset_info import DatasetInfo
-from metareg.episodes import EpisodeSampler, SampledEpisodes, generator
+from metareg.episodes import SampledEpisodes, generator
 from metareg.errors import ConfigError
 from metareg.sources import JOIN
 from metareg.splits import SPLITS, ClassSplit, FewShotDataset, ImageStore
+from metareg.variable_episodes import VariableDraw, VariableEpisodes
 
 
 @dataclass(frozen=True)
@@ -109,33 +114,47 @@ def _pick(weights: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tens
 class MixedTrainEpisodes(Dataset):
     """Item ``i``: meta-batch ``i`` of the current epoch, each episode from a source drawn by weight."""
 
-    def __init__(self, sources: tuple[SourceData, ...], samplers: list[EpisodeSampler], *, length: int, batch: int,
+    def __init__(self, sources: tuple[SourceData, ...], samplers: list, *, length: int, batch: int,
                  seed: int, num_tasks: int):
         self.sources, self.samplers, self.length, self.batch, self.seed = sources, samplers, length, batch, seed
         self.weights = torch.tensor([s.weight for s in sources], dtype=torch.double)
-        self.geometry = samplers[0].geometry  # every source's sampler draws the run's ways, shots and queries
+        # Every source's EpisodeSampler draws the run's ways, shots and queries; VariableEpisodeSamplers have none.
+        self.geometry = getattr(samplers[0], "geometry", None)
         self.epoch = 0
         # A fixed pool of tasks (Flash's num_tasks), each with its source; -1 means a fresh task every draw.
         self.pool = self._draw(num_tasks, generator(seed, "task-pool")) if num_tasks > 0 else None
 
-    def _draw(self, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _draw(self, count: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | VariableDraw]:
         source = _pick(self.weights, count, gen)
+        if self.geometry is None:
+            return source, self._draw_variable(source, gen)
         index = torch.empty((count, self.geometry.ways, self.geometry.per_class), dtype=torch.long)
         for s in range(len(self.sources)):  # in source order: the draws do not depend on which sources came up
             rows = source == s
             index[rows] = self.samplers[s].sample(int(rows.sum()), gen)
         return source, index
 
+    def _draw_variable(self, source: torch.Tensor, gen: torch.Generator) -> VariableDraw:
+        """Each source's variable episodes (in source order, as above), put back in the order drawn and padded
+        to the largest of them: a meta-batch mixing sources is one masked batch, like a single source's."""
+        drawn = [(rows, self.samplers[s].sample(len(rows), gen))
+                 for s in range(len(self.sources)) if len(rows := torch.nonzero(source == s).flatten())]
+        order = torch.cat([rows for rows, _ in drawn])
+        return VariableDraw.concat([d for _, d in drawn])[torch.argsort(order)]
+
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> SampledEpisodes:
+    def __getitem__(self, i: int) -> SampledEpisodes | VariableEpisodes:
         gen = generator(self.seed, "train", self.epoch, i)
         if self.pool is None:
             source, index = self._draw(self.batch, gen)
         else:
             pick = torch.randint(len(self.pool[0]), (self.batch,), generator=gen)
-            source, index = self.pool[0][pick], self.pool[1][pick]
+            source, index = self.pool[0][pick], self.pool[1][pick]  # a VariableDraw pads to the picked tasks
+        if self.geometry is None:
+            return VariableEpisodes(_gather(self.sources, source, index.index, "train"), index.support_labels,
+                                    index.query_labels, index.ways)
         return SampledEpisodes(_gather(self.sources, source, index, "train"), self.geometry)
 
 

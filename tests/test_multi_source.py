@@ -207,7 +207,6 @@ def bad(folder: Path, name: str) -> list[str]:
         "twice": ["--dataset", "glyphs", "--dataset", "glyphs"],
         "sizes differ": [*two_sources(folder), "--dataset-opt", "imagefolder.image_size=20"],
         "channels differ": [*two_sources(folder), "--dataset-opt", "imagefolder.channels=3"],
-        "variable episodes": [*two_sources(folder), "--episodes", "variable"],
     }[name]
 
 
@@ -218,13 +217,8 @@ def bad(folder: Path, name: str) -> list[str]:
     ("twice", "listed twice"),
     ("sizes differ", "1x14px and 1x20px"),
     ("channels differ", "all grayscale or all colour"),
-    ("variable episodes", "draws fixed episodes"),
 ])
 def test_bad_sources_are_refused_in_one_line_before_anything_is_written(folder, tmp_path, name, message):
-    from metareg.config import RunConfig
-
-    if name == "variable episodes" and "episodes" not in RunConfig.keys():
-        pytest.skip("--episodes (variable episodes) is not in this tree yet")
     out = tmp_path / "run"
     result = invoke("run", *bad(folder, name), *SHAPE, "--output-dir", str(out))
     assert result.exit_code == 2, result.output
@@ -285,3 +279,59 @@ def test_training_episodes_come_from_sources_drawn_by_weight_as_a_function_of_se
     assert not torch.equal(train[0].images, first.images)
     assert data.source_names == ("glyphs", "imagefolder") and module.task.num_train_classes == (
         data.sources[0].dataset.train.num_classes + data.sources[1].dataset.train.num_classes)
+
+
+# Meta-Dataset is both: several sources and variable episodes. The folder's 15 classes split 5/5/5 (variable
+# episodes have at least 5 ways); glyphs test episodes reach 50 ways of up to 3 shots and 3 queries at 6 images.
+VARIABLE = [*["--dataset-opt", "imagefolder.ratios=1,1,1"], "--episodes", "variable", "--meta-batch-size", "2",
+            "--epoch-length", "2", "--max-epochs", "1", "--test-num-tasks", "3", "--val-num-tasks", "1",
+            "--eval-meta-batch-size", "2", "--backbone-opt", "hidden=8", "--no-progress"]
+
+
+def test_variable_episodes_from_two_sources_report_each_source_as_its_own_eval_does(folder, tmp_path):
+    out = tmp_path / "variable"
+    result = invoke("run", *two_sources(folder), *VARIABLE, "--output-dir", str(out))
+    assert result.exit_code == 0, result.output
+    head = r"^variable-way variable-shot: \d+\.\d ± \d+\.\d % \(95% CI, mean over 2 sources, 6 test episodes\)$"
+    assert re.search(head, result.output, re.M), result.output
+    assert {m.group(1): int(m.group(4)) for m in SOURCE_LINE.finditer(result.output)} == {"glyphs": 3,
+                                                                                         "imagefolder": 3}
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["ways"], summary["shots"], summary["queries"]) == ("variable",) * 3
+    assert list(summary["sources"]) == ["glyphs", "imagefolder"]
+    table = rows(out / "test_episodes.csv")
+    assert list(table[0]) == ["source", "episode", "accuracy"]
+    assert [(r["source"], int(r["episode"])) for r in table] == [(s, j) for s in ("glyphs", "imagefolder")
+                                                                for j in range(3)]
+    # Episode j of glyphs in the two-source test is the variable episode j of glyphs alone, scored alike.
+    ckpt = out / summary["best_checkpoint"]
+    result = invoke("eval", str(ckpt), "--dataset", "glyphs", "--output-dir", str(tmp_path / "alone"),
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    alone = rows(tmp_path / "alone" / "test_episodes.csv")
+    assert [{"source": "glyphs", **r} for r in alone] == [r for r in table if r["source"] == "glyphs"]
+
+
+def test_a_variable_meta_batch_mixing_sources_is_padded_to_its_own_largest_episode(folder):
+    import metareg
+    from metareg.episodes import PAD_LABEL, generator
+
+    config = {"datasets": [{"name": "glyphs"}, {"name": "imagefolder"}], "episodes": "variable",
+              "dataset_options": {**{f"glyphs.{k}": v for k, v in (o.split("=") for o in GLYPHS)},
+                                  **dict(o.split("=") for o in folder_options(folder, qualified=True)),
+                                  "imagefolder.ratios": "1,1,1"},
+              "meta_batch_size": 6}
+    _, data = metareg.prepare(config)
+    data.setup("fit")
+    train = data.train_set
+    source, draw = train._draw(6, generator(train.seed, "train", 0, 0))  # what train[0] draws
+    assert set(source.tolist()) == {0, 1}  # this meta-batch mixes the sources
+    batch = train[0]
+    support, query = (batch.support_labels != PAD_LABEL).sum(1), (batch.query_labels != PAD_LABEL).sum(1)
+    assert batch.support_labels.shape[1] == int(support.max()) and batch.query_labels.shape[1] == int(query.max())
+    assert len(set(support.tolist())) > 1  # episodes of different sizes, padded, in one masked batch
+    assert torch.equal(batch.support_labels, draw.support_labels) and torch.equal(batch.ways, draw.ways)
+    for b, s in enumerate(source.tolist()):  # each episode's images come from its own source's samples
+        assert torch.equal(batch.images[b], data.sources[s].dataset.train.images.gather(draw.index[b]))
+    episodes = batch.prepared()
+    assert episodes.padded and episodes.way_mask.sum(1).tolist() == batch.ways.tolist()
