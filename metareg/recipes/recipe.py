@@ -107,10 +107,8 @@ def default_data_root() -> Path | None:
     env = os.environ.get("METAREG_CACHE_DIR")
     if env:
         return Path(env).expanduser()
-    try:
-        import platformdirs  # what metareg-datasets uses; the core does not depend on it
-    except ImportError:
-        return None
+    import platformdirs  # the folder metareg-datasets uses by default
+
     return Path(platformdirs.user_cache_dir("metareg"))
 
 
