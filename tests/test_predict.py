@@ -55,7 +55,8 @@ def trained(omniglot_zip, tmp_path_factory) -> Path:
         result = _invoke(
             "run", "--dataset", "imagefolder", "--dataset-opt", f"root={data}", "--dataset-opt", "image_size=28",
             "--dataset-opt", "channels=1", "--backbone", "conv4", "--backbone-opt", "hidden=16",
-            "--strategy", "prototypicalnetworks", "--ways", 5, "--shots", 5, "--queries", 5, "--meta-batch-size", 2,
+            "--strategy", "prototypicalnetworks", "--ways", 5, "--shots", 5, "--queries", 5, "--test-queries", 5,
+            "--meta-batch-size", 2,
             "--max-epochs", -1, "--max-steps", 30, "--epoch-length", 30, "--val-num-tasks", 4,
             "--test-num-tasks", 10, "--eval-meta-batch-size", 10, "--lr", 0.003, "--accelerator", "cpu",
             "--no-progress", "--output-dir", out,

@@ -215,9 +215,9 @@ def test_python_api_trains_on_in_memory_arrays(tmp_path):
     centres = torch.rand(12, 1, 10, 10, generator=g)
     images = (0.8 * centres[labels] + 0.2 * torch.rand(len(labels), 1, 10, 10, generator=g))
     data = metareg.FewShotDataset.from_arrays(images, labels, name="toy", ratios=(0.5, 0.25, 0.25))
-    result = metareg.train(dataset=data, output_dir=tmp_path / "api", ways=3, shots=1, queries=3, meta_batch_size=2,
-                           epoch_length=5, max_epochs=2, test_num_tasks=20, val_num_tasks=5, progress=False,
-                           backbone_options={"hidden": 8})
+    result = metareg.train(dataset=data, output_dir=tmp_path / "api", ways=3, shots=1, queries=3, test_queries=3,
+                           meta_batch_size=2, epoch_length=5, max_epochs=2, test_num_tasks=20, val_num_tasks=5,
+                           progress=False, backbone_options={"hidden": 8})
     assert result.report.episodes == 20 and 0 <= result.report.mean <= 1
     assert result.summary["dataset"] == "toy"
     again = metareg.evaluate(result.best_checkpoint, dataset=data, output_dir=tmp_path / "api-eval", progress=False)
@@ -260,9 +260,9 @@ def test_every_strategy_trains_and_evaluates_through_metareg_run(strategy, tmp_p
 def test_resnet12_with_the_lee2019_chain_trains(tmp_path):
     out = tmp_path / "r12"
     result = run(*DATA, "--backbone", "resnet12", "--backbone-opt", "widths=8,8,8,8", "--transform", "lee2019",
-                 "--ways", "3", "--shots", "1", "--queries", "2", "--meta-batch-size", "2", "--epoch-length", "2",
-                 "--max-epochs", "1", "--test-num-tasks", "6", "--val-num-tasks", "3", "--no-progress",
-                 "--output-dir", str(out))
+                 "--ways", "3", "--shots", "1", "--queries", "2", "--test-queries", "2", "--meta-batch-size", "2",
+                 "--epoch-length", "2", "--max-epochs", "1", "--test-num-tasks", "6", "--val-num-tasks", "3",
+                 "--no-progress", "--output-dir", str(out))
     assert result.exit_code == 0, result.output
     assert LINE.search(result.output)
     config = (out / "config.yaml").read_text()
@@ -303,7 +303,8 @@ def test_eval_accepts_every_setting_it_offers(trained, tmp_path):
     from metareg.run_settings import EVAL_SETTINGS
 
     offered = {p.name for p in eval_cmd.params} - {"checkpoint", "dataset_opt"}
-    assert offered == set(EVAL_SETTINGS) - set(OPTION_SECTIONS)
+    # `datasets` (several sources) is what a repeated --dataset sets: it has no option of its own.
+    assert offered == set(EVAL_SETTINGS) - set(OPTION_SECTIONS) - {"datasets"}
     out, _ = trained
     result = CliRunner().invoke(cli, ["eval", str(out / "checkpoints" / "last.ckpt"), *DATA, "--precision",
                                       "bf16-mixed", "--test-num-tasks", "3", "--output-dir", str(tmp_path / "e"),
