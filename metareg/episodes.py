@@ -316,10 +316,13 @@ class EpisodeSampler:
         small = torch.nonzero(counts < need).flatten()
         if len(small):
             c = int(small[0])
+            flags = ("--shots/--queries" if split == "train" else
+                     "--test-shots/--test-queries (validation and test episodes take 15 queries per class unless "
+                     "--test-queries says otherwise)")
             raise DataError(
                 f"{split} split: class {classes[c]!r} has {int(counts[c])} samples but episodes need "
-                f"shots + queries = {shots} + {queries} = {need}; lower --shots/--queries "
-                f"(or --test-shots/--test-queries) to at most {int(counts.min())} in total"
+                f"shots + queries = {shots} + {queries} = {need}; lower {flags} to at most {int(counts.min())} "
+                "in total"
             )
         # (C, max_count) table of sample indices, padded; `counts` masks the padding.
         order = torch.argsort(labels, stable=True)
