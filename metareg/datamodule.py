@@ -133,7 +133,7 @@ class EpisodeDataModule(pl.LightningDataModule):
 
     def check(self, splits=("train", "validation", "test")) -> None:
         """Validate the splits against their episode shapes; call before any training."""
-        c, data = self.config, self.dataset
+        data = self.dataset
         for part in [s.dataset for s in self.sources] or [data]:
             for name in splits:
                 if len(part.split(name)) == 0:
@@ -144,46 +144,32 @@ class EpisodeDataModule(pl.LightningDataModule):
         if self.sources:
             self._check_sources(splits)
             return
-        if c.episodes == "variable":  # Meta-Dataset's episodes, in training and evaluation alike
-            from metareg.variable_episodes import VariableEpisodeSampler
-
-            if "train" in splits and self.train_batches is TrainBatches.EPISODES:
-                self.train_sampler = VariableEpisodeSampler(data.train.labels, data.train.classes, split="train")
-            self.eval_samplers.update({name: VariableEpisodeSampler(data.split(name).labels, data.split(name).classes,
-                                                                    split=name) for name in splits if name != "train"})
-            return
         if "train" in splits and self.train_batches is TrainBatches.EPISODES:
-            self.train_sampler = EpisodeSampler(data.train.labels, data.train.classes, ways=c.ways,
-                                                shots=c.shots, queries=c.queries, split="train")
-        for name in splits:
-            if name != "train":
-                self.eval_samplers[name] = EpisodeSampler(
-                    data.split(name).labels, data.split(name).classes, ways=c.eval_ways, shots=c.eval_shots,
-                    queries=c.eval_queries, split=name)
+            self.train_sampler = self._sampler(data.train, "train")
+        self.eval_samplers.update({name: self._sampler(data.split(name), name) for name in splits if name != "train"})
 
     def _check_sources(self, splits) -> None:
-        c = self.config
-        shapes = {"train": (c.ways, c.shots, c.queries)} if self.train_batches is TrainBatches.EPISODES else {}
-        shapes.update({n: (c.eval_ways, c.eval_shots, c.eval_queries) for n in splits if n != "train"})
-        for name in [n for n in splits if n in shapes]:
-            ways, shots, queries = shapes[name]
+        for name in [n for n in splits if n != "train" or self.train_batches is TrainBatches.EPISODES]:
             samplers = []
             for source in self.sources:
-                split = source.dataset.split(name)
                 try:
-                    # Meta-Dataset itself: each source draws its own variable episodes (ways up to its classes).
-                    samplers.append(self._variable(split, name) if c.episodes == "variable" else
-                                    EpisodeSampler(split.labels, split.classes, ways=ways, shots=shots,
-                                                   queries=queries, split=name))
+                    samplers.append(self._sampler(source.dataset.split(name), name))
                 except DataError as exc:
                     raise DataError(f"source {source.name!r}: {exc}") from None
             self.source_samplers[name] = samplers
 
-    @staticmethod
-    def _variable(split: ClassSplit, name: str):
-        from metareg.variable_episodes import VariableEpisodeSampler
+    def _sampler(self, split: ClassSplit, name: str):
+        """The sampler of one split: the run's fixed N-way K-shot shape (training's, or evaluation's), or
+        Meta-Dataset's variable episodes in training and evaluation alike (each source its own: ways up to its
+        classes)."""
+        c = self.config
+        if c.episodes == "variable":
+            from metareg.variable_episodes import VariableEpisodeSampler
 
-        return VariableEpisodeSampler(split.labels, split.classes, split=name)
+            return VariableEpisodeSampler(split.labels, split.classes, split=name)
+        ways, shots, queries = ((c.ways, c.shots, c.queries) if name == "train" else
+                                (c.eval_ways, c.eval_shots, c.eval_queries))
+        return EpisodeSampler(split.labels, split.classes, ways=ways, shots=shots, queries=queries, split=name)
 
     def check_world_size(self, world_size: int) -> None:
         if self.config.epoch_length % world_size:
